@@ -1,0 +1,167 @@
+"""Argument checks: each raises ValueError naming the argument, before anything is sent."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import uuid
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+import httpx
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "MAX_AMOUNT_TOKENS",
+    "check_amount",
+    "check_base_url",
+    "check_default_headers",
+    "check_idempotency_key",
+    "check_max_retries",
+    "check_poll",
+    "check_text",
+    "check_timeout",
+    "check_token",
+    "check_username",
+    "from_env",
+]
+
+DEFAULT_BASE_URL = "https://api.conx.ai"
+MAX_AMOUNT_TOKENS = 2**63 - 1
+_MAX_KEY_LENGTH = 255
+_RESERVED_HEADERS = frozenset(
+    {
+        "x-provider-api-key",
+        "x-provider-slug",
+        "x-session-token",
+        "idempotency-key",
+        "content-type",
+        "content-length",
+        "host",
+    }
+)
+
+
+def from_env(value: str | None, name: str, variable: str) -> str:
+    """`value`, else the environment variable, else ValueError naming both."""
+    if value is None:
+        value = os.environ.get(variable)
+        if value is None:
+            raise ValueError(f"{name} is required: pass {name}= or set {variable}")
+    return value
+
+
+def check_token(name: str, value: object) -> str:
+    """A secret sent in a header: non-empty printable ASCII with no whitespace."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} is required and must be a non-empty str")
+    if not all(33 <= ord(c) <= 126 for c in value):
+        # Never echo the value: it is a secret.
+        raise ValueError(f"{name} must be printable ASCII without whitespace or control characters")
+    return value
+
+
+def check_text(name: str, value: object) -> str:
+    """A non-empty string that is not only whitespace."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} is required and must be a non-empty str, got {value!r}")
+    return value
+
+
+def check_username(value: object) -> str:
+    """The provider_username sent in the query string (encoded exactly)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"provider_username must be a non-empty str, got {value!r}")
+    if "\x00" in value:
+        raise ValueError("provider_username must not contain NUL characters")
+    return value
+
+
+def check_amount(value: object) -> int:
+    """A positive whole number of tokens (not a bool, a float or a str)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(
+            f"amount_tokens must be a positive int, got {type(value).__name__} {value!r}"
+        )
+    if not 0 < value <= MAX_AMOUNT_TOKENS:
+        raise ValueError(f"amount_tokens must be between 1 and 2**63-1, got {value!r}")
+    return int(value)
+
+
+def check_idempotency_key(value: object) -> str:
+    """A caller's key, or a fresh UUID4 when None."""
+    if value is None:
+        return str(uuid.uuid4())
+    key = check_token("idempotency_key", value)
+    if len(key) > _MAX_KEY_LENGTH:
+        raise ValueError(f"idempotency_key must be at most {_MAX_KEY_LENGTH} characters")
+    return key
+
+
+def _positive_seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
+    return float(value)
+
+
+def check_timeout(value: object) -> httpx.Timeout:
+    """An httpx.Timeout, or seconds applied to connect, read, write and pool alike."""
+    if isinstance(value, httpx.Timeout):
+        return value
+    return httpx.Timeout(_positive_seconds("timeout", value))
+
+
+def check_poll(poll_interval: object, timeout: object) -> tuple[float, float | None]:
+    """wait_for_session's poll_interval and optional overall timeout."""
+    interval = _positive_seconds("poll_interval", poll_interval)
+    return interval, None if timeout is None else _positive_seconds("timeout", timeout)
+
+
+def check_max_retries(value: object) -> int:
+    """A retry count: an int >= 0 (0 turns retries off)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"max_retries must be an int >= 0, got {value!r}")
+    return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(value: str) -> str:
+    """An https URL (or http to a loopback host), without its trailing slash."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"base_url must be a non-empty str, got {value!r}")
+    parts = urlsplit(value)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError(f"base_url must be an http(s) URL with a host, got {value!r}")
+    if parts.scheme == "http" and not _is_loopback(host):
+        raise ValueError(
+            "base_url must use https (plain http is only allowed to a loopback host),"
+            f" got {value!r}"
+        )
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("base_url must not carry a query, a fragment or credentials")
+    return value.rstrip("/")
+
+
+def check_default_headers(value: Mapping[str, str] | None) -> dict[str, str]:
+    """Extra headers for every request; they may not replace the protocol's own."""
+    headers = dict(value or {})
+    for name, header_value in headers.items():
+        if not isinstance(name, str) or not isinstance(header_value, str):
+            raise ValueError("default_headers must map str to str")
+        if name.lower() in _RESERVED_HEADERS:
+            raise ValueError(f"default_headers must not set {name!r}: the SDK sets it")
+        if any(c in header_value for c in "\r\n\x00"):
+            raise ValueError(f"default_headers[{name!r}] must not contain CR, LF or NUL")
+    return headers

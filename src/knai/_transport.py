@@ -1,0 +1,348 @@
+"""One API call: build the request, send it (retrying), map the answer.
+
+Data flows client -> `Call` -> transport -> httpx and back as a validated model
+or a `KNAIError`. Everything that does not wait on the network is a pure
+function here, shared by `SyncTransport` and `AsyncTransport`, which differ
+only in `await`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+
+from ._errors import (
+    APIConnectionError,
+    APITimeoutError,
+    InsufficientBalanceError,
+    InvalidAPIKeyError,
+    KNAIError,
+    RateLimitError,
+    ResponseValidationError,
+    ServerError,
+    SessionExpiredError,
+)
+from ._models import ResponseMeta, _Payload, parse_payload
+from ._retry import RetryPolicy, parse_retry_after
+
+__all__ = ["DEFAULT_TIMEOUT", "AsyncTransport", "Call", "SyncTransport"]
+
+log = logging.getLogger("knai")
+
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+#: The protocol's payloads are tiny: a body larger than this is refused, not buffered.
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+_KEEP_RAW_BYTES = 64 * 1024
+_MAX_MESSAGE = 300  # an HTML error page is not a message
+
+_ModelT = TypeVar("_ModelT", bound=_Payload)
+
+_STATUS_ERRORS: dict[int, type[KNAIError]] = {
+    401: InvalidAPIKeyError,
+    402: InsufficientBalanceError,
+    403: SessionExpiredError,
+    410: SessionExpiredError,
+    429: RateLimitError,
+}
+
+# httpx failures that happen before the request can have reached the server.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One logical API call, fully built, before any attempt is made."""
+
+    method: str
+    path: str
+    params: dict[str, str] | None
+    headers: dict[str, str]
+    content: bytes | None = None
+    idempotency_key: str | None = None
+    # Values that must never reach a message or a log line.
+    secrets: tuple[str, ...] = ()
+
+    @property
+    def is_charge(self) -> bool:
+        return self.idempotency_key is not None
+
+
+class _Attempts:
+    """What one call's attempts have seen so far."""
+
+    __slots__ = ("ambiguous", "count", "started")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ambiguous = False  # an attempt may have been applied by the server
+        self.started = time.monotonic()
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, "<redacted>")
+    return text
+
+
+def _attempt_timeout(timeout: httpx.Timeout, deadline: float | None) -> httpx.Timeout:
+    if deadline is None:
+        return timeout
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise APITimeoutError("deadline reached before the request was sent")
+
+    def clamp(value: float | None) -> float:
+        return remaining if value is None else min(value, remaining)
+
+    return httpx.Timeout(
+        connect=clamp(timeout.connect),
+        read=clamp(timeout.read),
+        write=clamp(timeout.write),
+        pool=clamp(timeout.pool),
+    )
+
+
+@contextlib.contextmanager
+def _mapped_transport_errors(call: Call, attempts: _Attempts) -> Iterator[None]:
+    """The one place where httpx's exceptions become knai's."""
+    try:
+        yield
+    except _BodyTooLargeError:
+        attempts.ambiguous = True
+        raise ResponseValidationError(
+            f"response body exceeds {MAX_RESPONSE_BYTES} bytes; refused"
+        ) from None
+    except httpx.TimeoutException as exc:
+        attempts.ambiguous |= not isinstance(exc, _NOT_SENT)
+        raise APITimeoutError(
+            f"{type(exc).__name__} on {call.method} {call.path}: {_scrub(str(exc), call.secrets)}"
+        ) from exc
+    except httpx.DecodingError as exc:
+        attempts.ambiguous = True
+        raise ResponseValidationError(
+            f"response body could not be decoded: {_scrub(str(exc), call.secrets)}"
+        ) from exc
+    except httpx.RequestError as exc:
+        attempts.ambiguous |= not isinstance(exc, _NOT_SENT)
+        raise APIConnectionError(
+            f"{type(exc).__name__} on {call.method} {call.path}: {_scrub(str(exc), call.secrets)}"
+        ) from exc
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_RESPONSE_BYTES:
+        raise _BodyTooLargeError
+
+
+def _error_message(body: Any) -> str | None:
+    if isinstance(body, dict):
+        for key in ("error", "message"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value
+            if isinstance(value, dict) and isinstance(value.get("message"), str):
+                return str(value["message"])
+    return None
+
+
+def error_from_response(call: Call, status: int, headers: httpx.Headers, body: bytes) -> KNAIError:
+    """Map a non-2xx answer to the exception its status calls for (0.1.0's table, extended)."""
+    try:
+        parsed: Any = json.loads(body)
+    except ValueError:
+        parsed = {"error": body[:_KEEP_RAW_BYTES].decode("utf-8", "replace")}
+    cls = _STATUS_ERRORS.get(status)
+    if cls is None:
+        cls = ServerError if status >= 500 else KNAIError
+    message = _error_message(parsed)
+    if message is None and 300 <= status < 400:
+        message = f"unexpected redirect to {headers.get('location', '?')}: not followed"
+    if message and len(message) > _MAX_MESSAGE:
+        message = message[:_MAX_MESSAGE] + "..."
+    return cls(
+        _scrub(message, call.secrets) if message else None,
+        status,
+        parsed,
+        request_id=headers.get("x-request-id"),
+        headers=headers,
+        retry_after=parse_retry_after(headers.get("retry-after")),
+    )
+
+
+def interpret(
+    call: Call, attempts: _Attempts, response: httpx.Response, body: bytes
+) -> tuple[Any, ResponseMeta]:
+    """Decode a 2xx answer's JSON with its metadata, or raise the mapped error."""
+    status = response.status_code
+    if status >= 500:
+        attempts.ambiguous = True
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "%s %s -> %d (attempt %d, %.1f ms, request_id=%s)",
+            call.method,
+            call.path,
+            status,
+            attempts.count,
+            response.elapsed.total_seconds() * 1000 if response.is_closed else 0.0,
+            response.headers.get("x-request-id"),
+        )
+    if not 200 <= status < 300:
+        raise error_from_response(call, status, response.headers, body)
+    meta = ResponseMeta(
+        status_code=status,
+        headers=response.headers,
+        request_id=response.headers.get("x-request-id"),
+        idempotency_key=call.idempotency_key,
+        retries=attempts.count - 1,
+        elapsed=time.monotonic() - attempts.started,
+    )
+    try:
+        return json.loads(body), meta
+    except ValueError:
+        attempts.ambiguous = True
+        raise ResponseValidationError(
+            "response body is not JSON",
+            status,
+            raw_body=body[:_KEEP_RAW_BYTES],
+            request_id=meta.request_id,
+            headers=response.headers,
+        ) from None
+
+
+def finish_error(call: Call, attempts: _Attempts, exc: KNAIError) -> KNAIError:
+    """Stamp the final error with what the whole call saw."""
+    exc.attempts = attempts.count
+    if call.is_charge:
+        exc.idempotency_key = call.idempotency_key
+        exc.may_have_been_applied = attempts.ambiguous
+    return exc
+
+
+class _TransportBase:
+    def __init__(self, base_url: str, policy: RetryPolicy) -> None:
+        self.base_url = base_url
+        self.policy = policy
+
+    def _parse(
+        self,
+        call: Call,
+        attempts: _Attempts,
+        model: type[_ModelT],
+        payload: Any,
+        meta: ResponseMeta,
+    ) -> _ModelT:
+        try:
+            return parse_payload(model, payload, meta, b"")
+        except ResponseValidationError as exc:
+            attempts.ambiguous = True  # a 2xx came back: a charge went through
+            raise finish_error(call, attempts, exc) from None
+
+
+class SyncTransport(_TransportBase):
+    """Sends `Call`s over one pooled `httpx.Client`."""
+
+    def __init__(self, http: httpx.Client, base_url: str, policy: RetryPolicy) -> None:
+        super().__init__(base_url, policy)
+        self.http = http
+
+    def send(
+        self,
+        call: Call,
+        model: type[_ModelT],
+        *,
+        timeout: httpx.Timeout,
+        max_retries: int,
+        deadline: float | None = None,
+    ) -> _ModelT:
+        attempts = _Attempts()
+        retrying = self.policy.retrying(max_retries, deadline)
+        try:
+            payload, meta = retrying(self._attempt, call, attempts, timeout, deadline)
+        except KNAIError as exc:
+            raise finish_error(call, attempts, exc) from exc.__cause__
+        return self._parse(call, attempts, model, payload, meta)
+
+    def _attempt(
+        self, call: Call, attempts: _Attempts, timeout: httpx.Timeout, deadline: float | None
+    ) -> tuple[Any, ResponseMeta]:
+        attempts.count += 1
+        request = self.http.build_request(
+            call.method,
+            self.base_url + call.path,
+            params=call.params,
+            headers=call.headers,
+            content=call.content,
+            timeout=_attempt_timeout(timeout, deadline),
+        )
+        with _mapped_transport_errors(call, attempts):
+            response = self.http.send(request, stream=True, follow_redirects=False)
+            try:
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    _check_size(len(body))
+            finally:
+                response.close()
+        return interpret(call, attempts, response, bytes(body))
+
+
+class AsyncTransport(_TransportBase):
+    """Sends `Call`s over one pooled `httpx.AsyncClient`."""
+
+    def __init__(self, http: httpx.AsyncClient, base_url: str, policy: RetryPolicy) -> None:
+        super().__init__(base_url, policy)
+        self.http = http
+
+    async def send(
+        self,
+        call: Call,
+        model: type[_ModelT],
+        *,
+        timeout: httpx.Timeout,
+        max_retries: int,
+        deadline: float | None = None,
+    ) -> _ModelT:
+        attempts = _Attempts()
+        retrying = self.policy.async_retrying(max_retries, deadline)
+        payload: Any
+        meta: ResponseMeta
+        try:
+            payload, meta = await retrying(self._attempt, call, attempts, timeout, deadline)
+        except KNAIError as exc:
+            raise finish_error(call, attempts, exc) from exc.__cause__
+        return self._parse(call, attempts, model, payload, meta)
+
+    async def _attempt(
+        self, call: Call, attempts: _Attempts, timeout: httpx.Timeout, deadline: float | None
+    ) -> tuple[Any, ResponseMeta]:
+        attempts.count += 1
+        request = self.http.build_request(
+            call.method,
+            self.base_url + call.path,
+            params=call.params,
+            headers=call.headers,
+            content=call.content,
+            timeout=_attempt_timeout(timeout, deadline),
+        )
+        with _mapped_transport_errors(call, attempts):
+            response = await self.http.send(request, stream=True, follow_redirects=False)
+            try:
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    _check_size(len(body))
+            finally:
+                await response.aclose()
+        return interpret(call, attempts, response, bytes(body))
