@@ -1,0 +1,165 @@
+"""The `knai` command: the demo, the sandbox server, and operator subcommands.
+
+    knai demo                      the README flow against an embedded sandbox
+    knai sandbox --port 8750       serve the sandbox wallet in the foreground
+    knai session USER              one status poll (JSON)
+    knai wait USER --timeout 60    wait for an active session (JSON)
+    knai charge --amount N --model M [--idempotency-key K]
+
+Credentials come from KNAI_API_KEY, KNAI_PROVIDER_SLUG and KNAI_BASE_URL (or
+the flags); the session token for `charge` from KNAI_SESSION_TOKEN. Results
+are JSON on stdout with secrets redacted; errors are JSON on stderr, with an
+exit code per error class (see `knai --help`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import _errors as errors
+from ._models import _redacted
+
+# Most specific first: the first class an error is an instance of decides.
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (ValueError, 2),
+    (errors.InvalidAPIKeyError, 3),
+    (errors.InsufficientBalanceError, 4),
+    (errors.SessionExpiredError, 5),
+    (errors.SessionWaitTimeoutError, 6),
+    (errors.RateLimitError, 7),
+    (errors.APITimeoutError, 8),
+    (errors.APIConnectionError, 9),
+    (errors.ServerError, 10),
+    (errors.ResponseValidationError, 11),
+    (errors.KNAIError, 1),
+)
+
+_EPILOG = "exit codes: 0 ok, " + ", ".join(f"{code} {cls.__name__}" for cls, code in EXIT_CODES)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="knai",
+        description="KNAI Wallet SDK for providers: demo, sandbox and operator commands.",
+        epilog=_EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="walk through the README flow against a sandbox wallet")
+    demo.add_argument(
+        "--base-url", help="use an already running sandbox at this URL instead of an embedded one"
+    )
+
+    sandbox = sub.add_parser("sandbox", help="serve the sandbox wallet in the foreground")
+    sandbox.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    sandbox.add_argument("--port", type=int, default=8750, help="port (default 8750; 0 = any)")
+
+    def api_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--base-url", help="API base URL (default: $KNAI_BASE_URL or production)")
+        cmd.add_argument("--slug", help="provider slug (default: $KNAI_PROVIDER_SLUG)")
+        cmd.add_argument("--timeout", type=float, help="per-request timeout in seconds")
+        cmd.add_argument("--max-retries", type=int, help="retries of transient failures")
+        return cmd
+
+    session = api_command("session", "poll a user's session status once")
+    session.add_argument("provider_username")
+
+    wait = api_command("wait", "wait until a user's session is active")
+    wait.add_argument("provider_username")
+    wait.add_argument("--wait-timeout", type=float, default=None, help="give up after seconds")
+    wait.add_argument("--poll-interval", type=float, default=1.5, help="seconds between polls")
+
+    charge = api_command("charge", "charge a session (token from $KNAI_SESSION_TOKEN)")
+    charge.add_argument("--amount", type=int, required=True, help="tokens to charge")
+    charge.add_argument("--model", required=True, help="model id, e.g. gpt-4")
+    charge.add_argument("--idempotency-key", help="replay-safe key (default: a new UUID)")
+    return parser
+
+
+def _emit(stream: Any, document: dict[str, Any]) -> None:
+    stream.write(json.dumps(_redacted(document), indent=2, default=str) + "\n")
+
+
+def _error_document(exc: BaseException) -> dict[str, Any]:
+    info: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, errors.KNAIError):
+        info.update(
+            status_code=exc.status_code,
+            request_id=exc.request_id,
+            idempotency_key=exc.idempotency_key,
+            may_have_been_applied=exc.may_have_been_applied,
+            attempts=exc.attempts,
+        )
+    return {"ok": False, "error": info}
+
+
+def exit_code(exc: BaseException) -> int:
+    """The process exit code for an error (see EXIT_CODES)."""
+    for cls, code in EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return 1
+
+
+def _run_api(args: argparse.Namespace) -> dict[str, Any]:
+    import os
+
+    from ._client import KNAIProvider
+
+    options: dict[str, Any] = {}
+    if args.timeout is not None:
+        options["timeout"] = args.timeout
+    if args.max_retries is not None:
+        options["max_retries"] = args.max_retries
+    with KNAIProvider(provider_slug=args.slug, base_url=args.base_url, **options) as provider:
+        if args.command == "session":
+            result = provider.get_session(args.provider_username)
+        elif args.command == "wait":
+            result = provider.wait_for_session(
+                args.provider_username, args.poll_interval, timeout=args.wait_timeout
+            )
+        else:
+            token = os.environ.get("KNAI_SESSION_TOKEN")
+            if not token:
+                raise ValueError("session_token is required: set KNAI_SESSION_TOKEN")
+            result = provider.charge(
+                token, args.amount, args.model, idempotency_key=args.idempotency_key
+            )
+    return {
+        "ok": True,
+        "result": result.to_dict(),
+        "request_id": result.meta.request_id,
+        "idempotency_key": result.meta.idempotency_key,
+        "retries": result.meta.retries,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `knai` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from .testing._demo import run_demo
+
+            return run_demo(base_url=args.base_url)
+        if args.command == "sandbox":
+            from .testing._server import run_forever
+
+            run_forever(host=args.host, port=args.port)
+            return 0
+        _emit(sys.stdout, _run_api(args))
+    except (ValueError, errors.KNAIError) as exc:
+        _emit(sys.stderr, _error_document(exc))
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Shared fixtures: clients bound to respx mocks, with retry pauses recorded instead of slept."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+
+import pytest
+import respx
+
+from knai import AsyncKNAIProvider, KNAIProvider
+
+API_KEY = "sk_test_4f9a1c7e2b8d4e6fa0c3"
+SLUG = "acme-ai"
+BASE_URL = "https://api.conx.ai"
+TOKEN = "sess_tok_9b2e4d6f8a0c1e3f"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    """The retry pauses the client asked for, in order (nothing actually sleeps)."""
+    return []
+
+
+def _record_sleeps(provider: KNAIProvider | AsyncKNAIProvider, sleeps: list[float]) -> None:
+    async def asleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    transport = provider._transport
+    transport.policy = replace(transport.policy, sleep=sleeps.append, asleep=asleep)
+
+
+@pytest.fixture
+def api() -> Iterator[respx.MockRouter]:
+    """A respx router standing in for the KNAI API; every request must match a route."""
+    with respx.mock(base_url=BASE_URL, assert_all_called=False) as router:
+        yield router
+
+
+@pytest.fixture
+def client(api: respx.MockRouter, sleeps: list[float]) -> Iterator[KNAIProvider]:
+    provider = KNAIProvider(provider_api_key=API_KEY, provider_slug=SLUG)
+    _record_sleeps(provider, sleeps)
+    with provider:
+        yield provider
+
+
+@pytest.fixture
+async def aclient(api: respx.MockRouter, sleeps: list[float]) -> AsyncIterator[AsyncKNAIProvider]:
+    provider = AsyncKNAIProvider(provider_api_key=API_KEY, provider_slug=SLUG)
+    _record_sleeps(provider, sleeps)
+    async with provider:
+        yield provider
