@@ -95,21 +95,27 @@ class _Payload(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
-    _meta: ResponseMeta = PrivateAttr(default=_NO_RESPONSE)
+    # Defaults of None: pydantic deep-copies private defaults on every instance.
+    _raw: dict[str, Any] = PrivateAttr(default=None)  # type: ignore[arg-type]
+    _meta: ResponseMeta | None = PrivateAttr(default=None)
 
     @model_validator(mode="wrap")
     @classmethod
     def _keep_raw(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         model = handler(data)
-        if isinstance(data, dict) and isinstance(model, _Payload):
-            model._raw = data
+        if isinstance(model, _Payload):
+            if isinstance(data, dict):
+                model._raw = data
+            elif isinstance(data, _Payload):
+                model._raw = data._raw
+            else:
+                model._raw = model.model_dump(mode="json", exclude_unset=True)
         return model
 
     @property
     def meta(self) -> ResponseMeta:
         """Status code, headers, request id, idempotency key and retries of the response."""
-        return self._meta
+        return self._meta or _NO_RESPONSE
 
     # -- the dict view (what 0.1.0 returned) ---------------------------------
 
