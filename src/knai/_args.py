@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import uuid
 from collections.abc import Mapping
 from urllib.parse import urlsplit
@@ -30,6 +31,7 @@ __all__ = [
 DEFAULT_BASE_URL = "https://api.conx.ai"
 MAX_AMOUNT_TOKENS = 2**63 - 1
 _MAX_KEY_LENGTH = 255
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _RESERVED_HEADERS = frozenset(
     {
         "x-provider-api-key",
@@ -47,8 +49,8 @@ def from_env(value: str | None, name: str, variable: str) -> str:
     """`value`, else the environment variable, else ValueError naming both."""
     if value is None:
         value = os.environ.get(variable)
-        if value is None:
-            raise ValueError(f"{name} is required: pass {name}= or set {variable}")
+    if not value:
+        raise ValueError(f"{name} is required: pass a non-empty {name}= or set {variable}")
     return value
 
 
@@ -139,18 +141,23 @@ def _is_loopback(host: str) -> bool:
 def check_base_url(value: str) -> str:
     """An https URL (or http to a loopback host), without its trailing slash."""
     if not isinstance(value, str) or not value:
-        raise ValueError(f"base_url must be a non-empty str, got {value!r}")
-    parts = urlsplit(value)
-    host = parts.hostname or ""
+        raise ValueError("base_url must be a non-empty str")
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname or ""
+    except ValueError:
+        raise ValueError("base_url is not a valid URL") from None
+    # Messages name the scheme and host only: a URL may carry credentials.
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError("base_url must not carry credentials, a query or a fragment")
     if parts.scheme not in ("http", "https") or not host:
-        raise ValueError(f"base_url must be an http(s) URL with a host, got {value!r}")
+        raise ValueError(
+            f"base_url must be an http(s) URL with a host, got scheme {parts.scheme!r}"
+        )
     if parts.scheme == "http" and not _is_loopback(host):
         raise ValueError(
-            "base_url must use https (plain http is only allowed to a loopback host),"
-            f" got {value!r}"
+            f"base_url must use https: plain http is only allowed to a loopback host, not {host!r}"
         )
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError("base_url must not carry a query, a fragment or credentials")
     return value.rstrip("/")
 
 
@@ -160,8 +167,12 @@ def check_default_headers(value: Mapping[str, str] | None) -> dict[str, str]:
     for name, header_value in headers.items():
         if not isinstance(name, str) or not isinstance(header_value, str):
             raise ValueError("default_headers must map str to str")
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"default_headers has an invalid header name {name!r}")
         if name.lower() in _RESERVED_HEADERS:
             raise ValueError(f"default_headers must not set {name!r}: the SDK sets it")
-        if any(c in header_value for c in "\r\n\x00"):
-            raise ValueError(f"default_headers[{name!r}] must not contain CR, LF or NUL")
+        if not all(c == "\t" or " " <= c <= "~" for c in header_value):
+            raise ValueError(
+                f"default_headers[{name!r}] must be printable ASCII (no CR, LF or NUL)"
+            )
     return headers

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import _errors as errors
-from ._models import _redacted
+from ._models import ChargeResult, Session, _redacted
 
 # Most specific first: the first class an error is an instance of decides.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
@@ -117,6 +117,7 @@ def _run_api(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_retries is not None:
         options["max_retries"] = args.max_retries
     with KNAIProvider(provider_slug=args.slug, base_url=args.base_url, **options) as provider:
+        result: Session | ChargeResult
         if args.command == "session":
             result = provider.get_session(args.provider_username)
         elif args.command == "wait":

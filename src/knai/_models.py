@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     ValidatorFunctionWrapHandler,
     WrapValidator,
     model_validator,
@@ -69,14 +70,9 @@ Lenient = Annotated[_T | None, WrapValidator(_none_if_invalid)]
 
 
 def _is_secret_key(key: str) -> bool:
-    key = key.lower()
-    return (
-        key == "token"
-        or key.endswith("_token")
-        or "secret" in key
-        or "api_key" in key
-        or "password" in key
-    )
+    # session_token, sessionToken, access-token, apiKey, client_secret, password...
+    key = key.lower().replace("_", "").replace("-", "")
+    return key.endswith("token") or any(w in key for w in ("secret", "apikey", "password"))
 
 
 def _redacted(value: Any) -> Any:
@@ -90,7 +86,12 @@ def _redacted(value: Any) -> Any:
     return value
 
 
-class _Payload(BaseModel):
+# Passed as validation context by the transport: the dict came from json.loads
+# and belongs to the model, so it need not be copied.
+_OWNED = object()
+
+
+class _Payload(BaseModel, Mapping[str, Any]):
     """A validated model that is also a read-only view of the JSON received."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -101,11 +102,13 @@ class _Payload(BaseModel):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _keep_raw(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    def _keep_raw(
+        cls, data: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> Any:
         model = handler(data)
         if isinstance(model, _Payload):
             if isinstance(data, dict):
-                model._raw = data
+                model._raw = data if info.context is _OWNED else copy.deepcopy(data)
             elif isinstance(data, _Payload):
                 model._raw = data._raw
             else:
@@ -168,8 +171,9 @@ class _Payload(BaseModel):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({_redacted(self._raw)!r})"
 
-
-Mapping.register(_Payload)
+    def __repr_args__(self) -> Any:
+        # What pydantic's rich / devtools / pretty representations print.
+        return list(_redacted(self._raw).items())
 
 
 class Session(_Payload):
@@ -252,7 +256,7 @@ def parse_payload(
             idempotency_key=meta.idempotency_key,
         )
     try:
-        model = cls.model_validate(payload)
+        model = cls.model_validate(payload, context=_OWNED)
     except ValidationError as exc:
         raise ResponseValidationError(
             f"invalid {cls.__name__} payload: {_describe(exc)}",

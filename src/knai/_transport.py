@@ -43,6 +43,7 @@ _KEEP_RAW_BYTES = 64 * 1024
 _MAX_MESSAGE = 300  # an HTML error page is not a message
 
 _ModelT = TypeVar("_ModelT", bound=_Payload)
+_Answer = tuple[Any, ResponseMeta, bytes]  # decoded JSON, metadata, the bytes received
 
 _STATUS_ERRORS: dict[int, type[KNAIError]] = {
     401: InvalidAPIKeyError,
@@ -169,10 +170,12 @@ def error_from_response(call: Call, status: int, headers: httpx.Headers, body: b
     message = _error_message(parsed)
     if message is None and 300 <= status < 400:
         message = f"unexpected redirect to {headers.get('location', '?')}: not followed"
-    if message and len(message) > _MAX_MESSAGE:
-        message = message[:_MAX_MESSAGE] + "..."
+    if message:
+        message = _scrub(message, call.secrets)
+        if len(message) > _MAX_MESSAGE:
+            message = message[:_MAX_MESSAGE] + "..."
     return cls(
-        _scrub(message, call.secrets) if message else None,
+        message,
         status,
         parsed,
         request_id=headers.get("x-request-id"),
@@ -183,8 +186,8 @@ def error_from_response(call: Call, status: int, headers: httpx.Headers, body: b
 
 def interpret(
     call: Call, attempts: _Attempts, response: httpx.Response, body: bytes
-) -> tuple[Any, ResponseMeta]:
-    """Decode a 2xx answer's JSON with its metadata, or raise the mapped error."""
+) -> tuple[Any, ResponseMeta, bytes]:
+    """Decode a 2xx answer's JSON, with its metadata and bytes, or raise the mapped error."""
     status = response.status_code
     if status >= 500:
         attempts.ambiguous = True
@@ -209,7 +212,7 @@ def interpret(
         elapsed=time.monotonic() - attempts.started,
     )
     try:
-        return json.loads(body), meta
+        return json.loads(body), meta, body
     except ValueError:
         attempts.ambiguous = True
         raise ResponseValidationError(
@@ -240,11 +243,11 @@ class _TransportBase:
         call: Call,
         attempts: _Attempts,
         model: type[_ModelT],
-        payload: Any,
-        meta: ResponseMeta,
+        answer: _Answer,
     ) -> _ModelT:
+        payload, meta, body = answer
         try:
-            return parse_payload(model, payload, meta, b"")
+            return parse_payload(model, payload, meta, body[:_KEEP_RAW_BYTES])
         except ResponseValidationError as exc:
             attempts.ambiguous = True  # a 2xx came back: a charge went through
             raise finish_error(call, attempts, exc) from None
@@ -269,14 +272,14 @@ class SyncTransport(_TransportBase):
         attempts = _Attempts()
         retrying = self.policy.retrying(max_retries, deadline)
         try:
-            payload, meta = retrying(self._attempt, call, attempts, timeout, deadline)
+            answer = retrying(self._attempt, call, attempts, timeout, deadline)
         except KNAIError as exc:
             raise finish_error(call, attempts, exc) from exc.__cause__
-        return self._parse(call, attempts, model, payload, meta)
+        return self._parse(call, attempts, model, answer)
 
     def _attempt(
         self, call: Call, attempts: _Attempts, timeout: httpx.Timeout, deadline: float | None
-    ) -> tuple[Any, ResponseMeta]:
+    ) -> _Answer:
         attempts.count += 1
         request = self.http.build_request(
             call.method,
@@ -316,17 +319,15 @@ class AsyncTransport(_TransportBase):
     ) -> _ModelT:
         attempts = _Attempts()
         retrying = self.policy.async_retrying(max_retries, deadline)
-        payload: Any
-        meta: ResponseMeta
         try:
-            payload, meta = await retrying(self._attempt, call, attempts, timeout, deadline)
+            answer: _Answer = await retrying(self._attempt, call, attempts, timeout, deadline)
         except KNAIError as exc:
             raise finish_error(call, attempts, exc) from exc.__cause__
-        return self._parse(call, attempts, model, payload, meta)
+        return self._parse(call, attempts, model, answer)
 
     async def _attempt(
         self, call: Call, attempts: _Attempts, timeout: httpx.Timeout, deadline: float | None
-    ) -> tuple[Any, ResponseMeta]:
+    ) -> _Answer:
         attempts.count += 1
         request = self.http.build_request(
             call.method,

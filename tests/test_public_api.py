@@ -1,0 +1,171 @@
+"""The public surface is exactly what is intended, documented, typed, and cheap to import."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.resources
+import inspect
+import json
+import subprocess
+import sys
+import types
+
+import pytest
+import respx
+
+import knai
+from tests.conftest import API_KEY, SLUG, TOKEN
+
+EXPECTED = {
+    "APIConnectionError",
+    "APITimeoutError",
+    "AsyncKNAIProvider",
+    "ChargeResult",
+    "InsufficientBalanceError",
+    "InvalidAPIKeyError",
+    "KNAIError",
+    "KNAIProvider",
+    "RateLimitError",
+    "ResponseMeta",
+    "ResponseValidationError",
+    "ServerError",
+    "Session",
+    "SessionExpiredError",
+    "SessionWaitTimeoutError",
+    "__version__",
+}
+PUBLIC_CLASSES = sorted(EXPECTED - {"__version__"})
+
+
+def test_all_is_exactly_the_intended_set() -> None:
+    assert set(knai.__all__) == EXPECTED
+    assert len(knai.__all__) == len(EXPECTED)
+
+
+def test_every_name_in_all_resolves() -> None:
+    for name in knai.__all__:
+        assert getattr(knai, name) is not None, name
+
+
+def test_no_public_attribute_outside_all() -> None:
+    """`import knai` exposes no stray public names (submodules aside)."""
+    public = {
+        name
+        for name, value in vars(knai).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert public == EXPECTED - {"__version__"}
+
+
+@pytest.mark.parametrize("name", PUBLIC_CLASSES)
+def test_public_class_has_its_own_docstring(name: str) -> None:
+    cls = getattr(knai, name)
+    assert inspect.isclass(cls)
+    assert (vars(cls).get("__doc__") or "").strip(), f"{name} has no docstring of its own"
+
+
+def _own_public_members(cls: type) -> list[str]:
+    """Public methods and properties that knai defines (not pydantic's or object's)."""
+    names = []
+    for name, member in inspect.getmembers(cls):
+        if name.startswith("_"):
+            continue
+        func = member.fget if isinstance(member, property) else member
+        if getattr(func, "__module__", "").startswith("knai"):
+            names.append(name)
+    return names
+
+
+DOCUMENTED = [
+    (cls, name)
+    for cls in (knai.KNAIProvider, knai.AsyncKNAIProvider, knai.Session, knai.ChargeResult)
+    for name in _own_public_members(cls)
+]
+
+
+def test_member_scan_sees_the_api() -> None:
+    """Guards the docstring test below against silently scanning nothing."""
+    seen = {(cls.__name__, name) for cls, name in DOCUMENTED}
+    for cls_name in ("KNAIProvider", "AsyncKNAIProvider"):
+        for method in ("get_session", "wait_for_session", "charge", "with_options"):
+            assert (cls_name, method) in seen
+    assert ("KNAIProvider", "close") in seen
+    assert ("AsyncKNAIProvider", "aclose") in seen
+    for method in ("get", "keys", "items", "values", "to_dict", "to_json", "meta", "is_active"):
+        assert ("Session", method) in seen
+
+
+@pytest.mark.parametrize(("cls", "name"), DOCUMENTED, ids=lambda v: getattr(v, "__name__", v))
+def test_public_method_has_a_docstring(cls: type, name: str) -> None:
+    member = inspect.getattr_static(cls, name)
+    if isinstance(member, (classmethod, staticmethod)):
+        member = member.__func__
+    assert (getattr(member, "__doc__", None) or "").strip(), f"{cls.__name__}.{name}"
+
+
+def test_010_import_paths_still_work() -> None:
+    from knai.client import KNAIProvider
+    from knai.errors import (
+        InsufficientBalanceError,
+        InvalidAPIKeyError,
+        KNAIError,
+        SessionExpiredError,
+    )
+
+    assert KNAIProvider is knai.KNAIProvider
+    assert KNAIError is knai.KNAIError
+    assert SessionExpiredError is knai.SessionExpiredError
+    assert InsufficientBalanceError is knai.InsufficientBalanceError
+    assert InvalidAPIKeyError is knai.InvalidAPIKeyError
+
+
+def test_010_readme_example_runs_unchanged(
+    api: respx.MockRouter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The published 0.1.0 README example, verbatim but for the key values."""
+    api.get("/providers/session/status").respond(
+        200, json={"status": "active", "session_token": TOKEN}
+    )
+    charge = api.post("/charge/authorize").respond(200, json={"charge_id": "ch_1"})
+
+    from knai import InsufficientBalanceError, KNAIProvider, SessionExpiredError
+
+    provider = KNAIProvider(provider_api_key=API_KEY, provider_slug=SLUG)
+    session = provider.wait_for_session(provider_username="user123")
+    session_token = session["session_token"]
+    try:
+        result = provider.charge(session_token=session_token, amount_tokens=1500, model="gpt-4")
+        print(f"Charge successful: {result}")
+    except SessionExpiredError:
+        pytest.fail("no error expected")
+    except InsufficientBalanceError:
+        pytest.fail("no error expected")
+
+    assert capsys.readouterr().out == "Charge successful: {'charge_id': 'ch_1'}\n"
+    assert charge.calls.last.request.headers["X-Session-Token"] == TOKEN
+    assert json.loads(charge.calls.last.request.content) == {
+        "amount_tokens": 1500,
+        "model": "gpt-4",
+    }
+
+
+def test_version_is_the_installed_distributions() -> None:
+    assert isinstance(knai.__version__, str)
+    assert knai.__version__ == importlib.metadata.version("knai-provider")
+
+
+def test_py_typed_ships_in_the_package() -> None:
+    assert importlib.resources.files("knai").joinpath("py.typed").is_file()
+
+
+def test_import_knai_pulls_in_no_sandbox_or_test_tools() -> None:
+    code = (
+        "import json, sys, knai\n"
+        "banned = ('starlette', 'uvicorn', 'respx', 'knai.testing', 'pytest')\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in banned"
+        " or m.startswith('knai.testing'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert json.loads(out.stdout) == []
