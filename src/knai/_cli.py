@@ -140,6 +140,27 @@ def _run_api(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _run_sandbox(host: str, port: int) -> int:
+    from .testing import DEMO_API_KEY, DEMO_PROVIDER_SLUG, DEMO_USERNAME, run_forever
+
+    def ready(url: str) -> None:
+        print(f"KNAI sandbox wallet listening on {url}  (Ctrl-C stops it)")
+        print("demo credentials (sandbox only, not secret):")
+        print(f"  export KNAI_BASE_URL={url}")
+        print(f"  export KNAI_API_KEY={DEMO_API_KEY}")
+        print(f"  export KNAI_PROVIDER_SLUG={DEMO_PROVIDER_SLUG}")
+        print(f"wallet user {DEMO_USERNAME!r}; admin API under {url}/_sandbox/", flush=True)
+
+    try:
+        run_forever(host=host, port=port, on_ready=ready)
+    except OSError as exc:
+        print(
+            f"knai sandbox: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `knai` command; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -147,12 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from .testing._demo import run_demo
 
-            return run_demo(base_url=args.base_url)
+            return run_demo(args.base_url)
         if args.command == "sandbox":
-            from .testing._server import run_forever
-
-            run_forever(host=args.host, port=args.port)
-            return 0
+            return _run_sandbox(args.host, args.port)
         _emit(sys.stdout, _run_api(args))
     except (ValueError, errors.KNAIError) as exc:
         _emit(sys.stderr, _error_document(exc))

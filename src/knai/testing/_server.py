@@ -1,0 +1,160 @@
+"""Serve the sandbox wallet over real loopback sockets with uvicorn.
+
+``serve()`` runs it in a background thread for the length of a ``with`` block::
+
+    with serve() as sandbox:
+        provider = KNAIProvider("sk_test_...", "demo-provider", base_url=sandbox.url)
+
+``run_forever()`` runs it in the calling thread until SIGINT/SIGTERM (the
+``knai sandbox`` command). Neither prints anything nor touches logging
+configuration; uvicorn logs to the ``uvicorn.error`` logger as usual. Only
+loopback addresses are accepted: the admin API has no authentication.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import uvicorn
+
+from ._admin import SandboxAdmin
+from ._app import create_app, dropping_connection
+from ._ledger import Ledger
+
+__all__ = ["RunningSandbox", "run_forever", "serve"]
+
+_START_TIMEOUT = 10.0
+# Seconds uvicorn waits at shutdown for requests still running (a long delay fault).
+_SHUTDOWN_GRACE = 1
+
+
+@dataclass(frozen=True)
+class RunningSandbox:
+    """A sandbox being served: its base URL, an admin handle on it, and its ledger."""
+
+    url: str
+    admin: SandboxAdmin
+    ledger: Ledger
+
+
+class _DeliberateDropFilter(logging.Filter):
+    """Silence uvicorn's complaint about a response the sandbox cut on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not dropping_connection.get()
+
+
+_drop_filter = _DeliberateDropFilter()
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self._on_started()
+
+
+@contextlib.contextmanager
+def serve(
+    ledger: Ledger | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[RunningSandbox]:
+    """Serve a sandbox over ``ledger`` (a demo one by default) on ``host:port``.
+
+    ``port=0`` picks a free port. Returns once the server accepts connections;
+    on exit the server shuts down and its thread is joined. Raises
+    ``ValueError`` for a non-loopback host, ``OSError`` if the port is taken,
+    ``RuntimeError`` if uvicorn fails to start.
+    """
+    ledger = ledger if ledger is not None else Ledger(demo=True)
+    sock = _bind(host, port)
+    started = threading.Event()
+    server = _Server(_config(ledger), started.set)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="knai-sandbox-server", daemon=True
+    )
+    with sock:
+        thread.start()
+        try:
+            while not started.wait(0.01):
+                if not thread.is_alive():
+                    raise RuntimeError("the sandbox server failed to start")
+            with SandboxAdmin(_url(sock)) as admin:
+                yield RunningSandbox(url=_url(sock), admin=admin, ledger=ledger)
+        finally:
+            server.should_exit = True
+            thread.join(_START_TIMEOUT + _SHUTDOWN_GRACE)
+
+
+def run_forever(
+    ledger: Ledger | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8750,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve a sandbox in this thread until SIGINT or SIGTERM.
+
+    ``on_ready(url)`` is called once the server accepts connections (to print
+    the URL, say). When a signal stops it, uvicorn re-raises that signal after
+    a clean shutdown, so Ctrl-C surfaces as ``KeyboardInterrupt``.
+    """
+    ledger = ledger if ledger is not None else Ledger(demo=True)
+    with _bind(host, port) as sock:
+        url = _url(sock)
+        server = _Server(_config(ledger), lambda: on_ready(url) if on_ready else None)
+        server.run(sockets=[sock])
+
+
+def _config(ledger: Ledger) -> uvicorn.Config:
+    if _drop_filter not in logging.getLogger("uvicorn.error").filters:
+        logging.getLogger("uvicorn.error").addFilter(_drop_filter)
+    return uvicorn.Config(
+        create_app(ledger),
+        http="h11",
+        loop="asyncio",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=_SHUTDOWN_GRACE,
+    )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = _loopback_family(host)
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets that say so,
+    # and without it every response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _loopback_family(host: str) -> socket.AddressFamily:
+    if host == "localhost":
+        return socket.AF_INET
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is None or not address.is_loopback:
+        raise ValueError(f"the sandbox only listens on loopback addresses, not {host!r}")
+    return socket.AF_INET6 if address.version == 6 else socket.AF_INET
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

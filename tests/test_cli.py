@@ -1,0 +1,219 @@
+"""The `knai` command, run as a user runs it: in a subprocess, against a real sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from knai import _cli
+from knai.testing import DEMO_API_KEY, DEMO_PROVIDER_SLUG, SandboxAdmin
+
+
+def knai(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "knai", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def sandbox_url() -> Iterator[str]:
+    """`knai sandbox --port 0` in the foreground of a subprocess; yields its URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "knai", "sandbox", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:\d+", first)
+        assert match, f"no URL in {first!r}"
+        yield match.group(0)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=15)
+        if proc.stdout:
+            proc.stdout.close()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+@pytest.fixture
+def env(sandbox_url: str) -> dict[str, str]:
+    return {
+        "KNAI_BASE_URL": sandbox_url,
+        "KNAI_API_KEY": DEMO_API_KEY,
+        "KNAI_PROVIDER_SLUG": DEMO_PROVIDER_SLUG,
+    }
+
+
+@pytest.fixture
+def admin(sandbox_url: str) -> Iterator[SandboxAdmin]:
+    with SandboxAdmin(sandbox_url) as handle:
+        yield handle
+
+
+@pytest.fixture
+def user(admin: SandboxAdmin, request: pytest.FixtureRequest) -> str:
+    name = f"cli-{request.node.name[-20:]}".replace("[", "-").replace("]", "")
+    admin.create_user(DEMO_PROVIDER_SLUG, name, balance=1_000)
+    return name
+
+
+def _json(text: str) -> Any:
+    return json.loads(text)
+
+
+def test_help_lists_every_subcommand_and_exit_code() -> None:
+    done = knai("--help")
+    assert done.returncode == 0
+    for word in ("demo", "sandbox", "session", "wait", "charge"):
+        assert word in done.stdout
+    for cls, code in _cli.EXIT_CODES:
+        assert f"{code} {cls.__name__}" in " ".join(done.stdout.split())
+
+
+def test_demo_walks_the_readme_flow_and_exits_zero() -> None:
+    """`knai demo` (the README's first command) runs end to end on an embedded sandbox."""
+    done = knai("demo")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for text in (
+        "wait_for_session",
+        "InsufficientBalanceError",
+        "after 1 retry",
+        "holds 1 charge for that key",
+        "SessionExpiredError",
+        "ledger agrees: yes",
+    ):
+        assert text in done.stdout
+    assert "session_token': '<redacted>'" in done.stdout
+
+
+def test_demo_against_a_running_sandbox(sandbox_url: str) -> None:
+    done = knai("demo", "--base-url", sandbox_url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sandbox_url in done.stdout
+    assert "ledger agrees: yes" in done.stdout
+
+
+def test_sandbox_prints_its_url_and_demo_credentials(sandbox_url: str, env: dict[str, str]) -> None:
+    # The fixture already read the URL from the first line; the session command proves it serves.
+    done = knai("session", "nobody", env=env)
+    assert done.returncode == 0
+    assert _json(done.stdout)["result"] == {"status": "inactive", "provider_username": "nobody"}
+
+
+def test_session_wait_and_charge_print_json_without_secrets(
+    env: dict[str, str], admin: SandboxAdmin, user: str
+) -> None:
+    opened = admin.open_session(DEMO_PROVIDER_SLUG, user)
+    waited = knai("wait", user, "--wait-timeout", "5", "--poll-interval", "0.05", env=env)
+    assert waited.returncode == 0
+    body = _json(waited.stdout)
+    assert body["ok"] is True
+    assert body["result"]["status"] == "active"
+    assert body["result"]["session_token"] == "<redacted>"
+    assert body["request_id"].startswith("req_")
+
+    charged = knai(
+        "charge",
+        "--amount",
+        "250",
+        "--model",
+        "gpt-4",
+        "--idempotency-key",
+        "cli-key-1",
+        env={**env, "KNAI_SESSION_TOKEN": opened.session_token},
+    )
+    assert charged.returncode == 0, charged.stderr
+    result = _json(charged.stdout)
+    assert result["idempotency_key"] == "cli-key-1"
+    assert result["result"]["remaining_balance"] == 750
+    assert admin.balance(DEMO_PROVIDER_SLUG, user) == 750
+    for out in (waited, charged):
+        assert opened.session_token not in out.stdout + out.stderr
+        assert DEMO_API_KEY not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    ("case", "expected_type", "expected_code"),
+    [
+        ("bad-key", "InvalidAPIKeyError", 3),
+        ("too-much", "InsufficientBalanceError", 4),
+        ("bad-token", "SessionExpiredError", 5),
+        ("no-token", "ValueError", 2),
+        ("bad-amount", "ValueError", 2),
+    ],
+)
+def test_charge_errors_have_distinct_exit_codes(
+    env: dict[str, str],
+    admin: SandboxAdmin,
+    user: str,
+    case: str,
+    expected_type: str,
+    expected_code: int,
+) -> None:
+    token = admin.open_session(DEMO_PROVIDER_SLUG, user).session_token
+    amount, run_env = "10", {**env, "KNAI_SESSION_TOKEN": token}
+    if case == "bad-key":
+        run_env["KNAI_API_KEY"] = "sk_test_wrong_key"
+    elif case == "too-much":
+        amount = "5000"
+    elif case == "bad-token":
+        run_env["KNAI_SESSION_TOKEN"] = "not-a-real-token"
+    elif case == "no-token":
+        del run_env["KNAI_SESSION_TOKEN"]
+    elif case == "bad-amount":
+        amount = "0"
+    done = knai("charge", "--amount", amount, "--model", "gpt-4", env=run_env)
+    assert done.returncode == expected_code, done.stderr
+    error = _json(done.stderr)["error"]
+    assert error["type"] == expected_type
+    assert token not in done.stdout + done.stderr
+    assert admin.balance(DEMO_PROVIDER_SLUG, user) == 1_000
+
+
+def test_wait_timeout_exits_6(env: dict[str, str], user: str) -> None:
+    done = knai("wait", user, "--wait-timeout", "0.3", "--poll-interval", "0.05", env=env)
+    assert done.returncode == 6
+    assert _json(done.stderr)["error"]["type"] == "SessionWaitTimeoutError"
+
+
+def test_unreachable_base_url_exits_9(env: dict[str, str]) -> None:
+    done = knai(
+        "session",
+        "someone",
+        "--max-retries",
+        "0",
+        env={**env, "KNAI_BASE_URL": "http://127.0.0.1:9"},
+    )
+    assert done.returncode == 9
+    assert _json(done.stderr)["error"]["type"] == "APIConnectionError"
+
+
+def test_missing_credentials_name_the_variable() -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KNAI_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "knai", "session", "someone"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "KNAI_API_KEY" in _json(done.stderr)["error"]["message"]
