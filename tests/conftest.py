@@ -16,6 +16,22 @@ BASE_URL = "https://api.conx.ai"
 TOKEN = "sess_tok_9b2e4d6f8a0c1e3f"
 
 
+@pytest.fixture(autouse=True)
+def _clean_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """No KNAI_* settings leak in from the shell; no CA bundle is parsed per client.
+
+    No test uses TLS (respx answers, or the sandbox on plain loopback http): an
+    empty CA directory saves the ~20 ms loading the system bundle costs each
+    new httpx client.
+    """
+    for variable in ("KNAI_API_KEY", "KNAI_PROVIDER_SLUG", "KNAI_BASE_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path_factory.getbasetemp()))
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

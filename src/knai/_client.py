@@ -42,13 +42,14 @@ _CHARGE_PATH = "/charge/authorize"
 class _SessionWait:
     """The clock of one wait_for_session call (pure: no I/O)."""
 
-    __slots__ = ("deadline", "interval", "last_status", "timeout", "username")
+    __slots__ = ("deadline", "interval", "last_error", "last_status", "timeout", "username")
 
     def __init__(self, username: str, poll_interval: object, timeout: object) -> None:
         self.username = username
         self.interval, self.timeout = _args.check_poll(poll_interval, timeout)
         self.deadline = None if self.timeout is None else time.monotonic() + self.timeout
         self.last_status: str | None = None
+        self.last_error: KNAIError | None = None
 
     def _expired(self, cause: BaseException | None = None) -> SessionWaitTimeoutError:
         error = SessionWaitTimeoutError(
@@ -61,17 +62,19 @@ class _SessionWait:
     def check(self) -> None:
         """Raise SessionWaitTimeoutError once the deadline has passed."""
         if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise self._expired()
+            raise self._expired(self.last_error)
 
     def failed(self, exc: KNAIError, policy: RetryPolicy) -> None:
         """A poll failed: ride out transient errors until a deadline, else re-raise."""
         if self.deadline is None or not policy.should_retry(exc):
             raise exc
+        self.last_error = exc
         if time.monotonic() >= self.deadline:
             raise self._expired(exc) from exc
 
     def seen(self, session: Session) -> bool:
         self.last_status = session.status
+        self.last_error = None
         return session.is_active
 
     def pause(self) -> float:

@@ -86,10 +86,6 @@ class _Attempts:
         self.started = time.monotonic()
 
 
-class _BodyTooLargeError(Exception):
-    pass
-
-
 def _scrub(text: str, secrets: tuple[str, ...]) -> str:
     for secret in secrets:
         if secret and secret in text:
@@ -120,11 +116,6 @@ def _mapped_transport_errors(call: Call, attempts: _Attempts) -> Iterator[None]:
     """The one place where httpx's exceptions become knai's."""
     try:
         yield
-    except _BodyTooLargeError:
-        attempts.ambiguous = True
-        raise ResponseValidationError(
-            f"response body exceeds {MAX_RESPONSE_BYTES} bytes; refused"
-        ) from None
     except httpx.TimeoutException as exc:
         attempts.ambiguous |= not isinstance(exc, _NOT_SENT)
         raise APITimeoutError(
@@ -142,11 +133,6 @@ def _mapped_transport_errors(call: Call, attempts: _Attempts) -> Iterator[None]:
         ) from exc
 
 
-def _check_size(size: int) -> None:
-    if size > MAX_RESPONSE_BYTES:
-        raise _BodyTooLargeError
-
-
 def _error_message(body: Any) -> str | None:
     if isinstance(body, dict):
         for key in ("error", "message"):
@@ -162,7 +148,7 @@ def error_from_response(call: Call, status: int, headers: httpx.Headers, body: b
     """Map a non-2xx answer to the exception its status calls for (0.1.0's table, extended)."""
     try:
         parsed: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         parsed = {"error": body[:_KEEP_RAW_BYTES].decode("utf-8", "replace")}
     cls = _STATUS_ERRORS.get(status)
     if cls is None:
@@ -185,9 +171,13 @@ def error_from_response(call: Call, status: int, headers: httpx.Headers, body: b
 
 
 def interpret(
-    call: Call, attempts: _Attempts, response: httpx.Response, body: bytes
-) -> tuple[Any, ResponseMeta, bytes]:
-    """Decode a 2xx answer's JSON, with its metadata and bytes, or raise the mapped error."""
+    call: Call, attempts: _Attempts, response: httpx.Response, body: bytes, complete: bool
+) -> _Answer:
+    """Decode a 2xx answer's JSON, with its metadata and bytes, or raise the mapped error.
+
+    `complete` is False when the body was cut at MAX_RESPONSE_BYTES: an error
+    answer is still mapped from its start, a 2xx is refused.
+    """
     status = response.status_code
     if status >= 500:
         attempts.ambiguous = True
@@ -211,17 +201,20 @@ def interpret(
         retries=attempts.count - 1,
         elapsed=time.monotonic() - attempts.started,
     )
-    try:
-        return json.loads(body), meta, body
-    except ValueError:
-        attempts.ambiguous = True
-        raise ResponseValidationError(
-            "response body is not JSON",
-            status,
-            raw_body=body[:_KEEP_RAW_BYTES],
-            request_id=meta.request_id,
-            headers=response.headers,
-        ) from None
+    problem = None if complete else f"response body exceeds {MAX_RESPONSE_BYTES} bytes"
+    if problem is None:
+        try:
+            return json.loads(body), meta, body
+        except (ValueError, RecursionError):
+            problem = "response body is not JSON"
+    attempts.ambiguous = True
+    raise ResponseValidationError(
+        problem,
+        status,
+        raw_body=body[:_KEEP_RAW_BYTES],
+        request_id=meta.request_id,
+        headers=response.headers,
+    ) from None
 
 
 def finish_error(call: Call, attempts: _Attempts, exc: KNAIError) -> KNAIError:
@@ -291,14 +284,16 @@ class SyncTransport(_TransportBase):
         )
         with _mapped_transport_errors(call, attempts):
             response = self.http.send(request, stream=True, follow_redirects=False)
+            body, complete = bytearray(), True
             try:
-                body = bytearray()
                 for chunk in response.iter_bytes():
                     body += chunk
-                    _check_size(len(body))
+                    if len(body) > MAX_RESPONSE_BYTES:
+                        complete = False
+                        break
             finally:
                 response.close()
-        return interpret(call, attempts, response, bytes(body))
+        return interpret(call, attempts, response, bytes(body), complete)
 
 
 class AsyncTransport(_TransportBase):
@@ -339,11 +334,13 @@ class AsyncTransport(_TransportBase):
         )
         with _mapped_transport_errors(call, attempts):
             response = await self.http.send(request, stream=True, follow_redirects=False)
+            body, complete = bytearray(), True
             try:
-                body = bytearray()
                 async for chunk in response.aiter_bytes():
                     body += chunk
-                    _check_size(len(body))
+                    if len(body) > MAX_RESPONSE_BYTES:
+                        complete = False
+                        break
             finally:
                 await response.aclose()
-        return interpret(call, attempts, response, bytes(body))
+        return interpret(call, attempts, response, bytes(body), complete)

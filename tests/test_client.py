@@ -1,0 +1,432 @@
+"""The clients as users drive them: the 0.1.0 README, configuration, lifecycle, waiting, secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import respx
+
+from knai import (
+    AsyncKNAIProvider,
+    InvalidAPIKeyError,
+    KNAIError,
+    ServerError,
+    SessionExpiredError,
+    SessionWaitTimeoutError,
+)
+from tests._twin import (
+    ACTIVE,
+    CHARGE,
+    CHARGED,
+    PENDING,
+    STATUS,
+    Twin,
+    Twins,
+    charge,
+    reply,
+    sent_json,
+)
+from tests.conftest import API_KEY, SLUG, TOKEN
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["sync", "async"])
+async def twins(
+    request: pytest.FixtureRequest, api: respx.MockRouter, sleeps: list[float]
+) -> AsyncIterator[Twins]:
+    twins = Twins(request.param, sleeps)
+    yield twins
+    await twins.aclose()
+
+
+@pytest.fixture
+def twin(twins: Twins) -> Twin:
+    return twins.make()
+
+
+# -- the 0.1.0 README --------------------------------------------------------------------------
+
+
+def run_readme_example() -> None:
+    # The published 0.1.0 README example verbatim; it elides the except bodies.
+    from knai import InsufficientBalanceError, KNAIProvider, SessionExpiredError
+
+    provider = KNAIProvider(provider_api_key="...", provider_slug="...")
+    session = provider.wait_for_session(provider_username="user123")
+    session_token = session["session_token"]
+    try:
+        result = provider.charge(session_token=session_token, amount_tokens=1500, model="gpt-4")
+        print(f"Charge successful: {result}")
+    except SessionExpiredError:
+        print("Session expired")
+    except InsufficientBalanceError:
+        print("Insufficient balance")
+
+
+def test_readme_example_charges_and_prints_without_the_token(
+    api: respx.MockRouter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.get(STATUS, params={"provider_username": "user123"}).mock(return_value=reply(body=ACTIVE))
+    charged = api.post(CHARGE).mock(return_value=reply(body={**CHARGED, "session_token": TOKEN}))
+    run_readme_example()
+    out, err = capsys.readouterr()
+    assert out.startswith("Charge successful: ")
+    assert "'charge_id': 'ch_1'" in out
+    assert TOKEN not in out + err
+    request = charged.calls.last.request
+    assert sent_json(request) == {"amount_tokens": 1500, "model": "gpt-4"}
+    assert request.headers["X-Session-Token"] == TOKEN
+    assert request.headers["X-Provider-API-Key"] == "..."
+
+
+@pytest.mark.parametrize(
+    ("status", "printed"),
+    [(403, "Session expired"), (410, "Session expired"), (402, "Insufficient balance")],
+)
+def test_readme_example_catches_the_documented_errors(
+    api: respx.MockRouter, capsys: pytest.CaptureFixture[str], status: int, printed: str
+) -> None:
+    api.get(STATUS).mock(return_value=reply(body=ACTIVE))
+    api.post(CHARGE).mock(return_value=reply(status, {"error": "no"}))
+    run_readme_example()
+    assert capsys.readouterr().out == printed + "\n"
+
+
+# -- configuration and lifecycle ----------------------------------------------------------------
+
+
+async def test_configuration_comes_from_the_environment(
+    twins: Twins, api: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KNAI_API_KEY", "sk_env_7d1e")
+    monkeypatch.setenv("KNAI_PROVIDER_SLUG", "env-slug")
+    monkeypatch.setenv("KNAI_BASE_URL", "https://sandbox.conx.ai/api/")
+    route = api.get(f"https://sandbox.conx.ai/api{STATUS}").mock(return_value=reply(body=ACTIVE))
+    await twins.make(provider_api_key=None, provider_slug=None).get_session("user123")
+    assert route.calls.last.request.headers["X-Provider-API-Key"] == "sk_env_7d1e"
+    assert route.calls.last.request.headers["X-Provider-Slug"] == "env-slug"
+
+
+async def test_arguments_take_precedence_over_the_environment(
+    twins: Twins, api: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KNAI_API_KEY", "sk_env_7d1e")
+    monkeypatch.setenv("KNAI_PROVIDER_SLUG", "env-slug")
+    monkeypatch.setenv("KNAI_BASE_URL", "https://sandbox.conx.ai")
+    route = api.get(STATUS).mock(return_value=reply(body=ACTIVE))
+    twin = twins.make(provider_api_key=API_KEY, provider_slug=SLUG, base_url="https://api.conx.ai")
+    await twin.get_session("user123")
+    assert route.calls.last.request.headers["X-Provider-API-Key"] == API_KEY
+    assert route.calls.last.request.headers["X-Provider-Slug"] == SLUG
+
+
+@pytest.mark.parametrize("missing", ["KNAI_API_KEY", "KNAI_PROVIDER_SLUG"])
+async def test_missing_credentials_name_the_variable(
+    twins: Twins, monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    monkeypatch.setenv("KNAI_API_KEY", "sk_env_7d1e")
+    monkeypatch.setenv("KNAI_PROVIDER_SLUG", "env-slug")
+    monkeypatch.delenv(missing)
+    with pytest.raises(ValueError, match=missing):
+        twins.make(provider_api_key=None, provider_slug=None)
+
+
+def test_with_block_closes_the_pool(api: respx.MockRouter) -> None:
+    from knai import KNAIProvider
+
+    api.get(STATUS).mock(return_value=reply(body=ACTIVE))
+    with KNAIProvider(provider_api_key=API_KEY, provider_slug=SLUG) as provider:
+        provider.get_session("user123")
+        assert not provider._transport.http.is_closed
+    assert provider._transport.http.is_closed
+
+
+async def test_async_with_block_closes_the_pool(api: respx.MockRouter) -> None:
+    api.get(STATUS).mock(return_value=reply(body=ACTIVE))
+    async with AsyncKNAIProvider(provider_api_key=API_KEY, provider_slug=SLUG) as provider:
+        await provider.get_session("user123")
+        assert not provider._transport.http.is_closed
+    assert provider._transport.http.is_closed
+
+
+async def test_close_is_idempotent(twin: Twin) -> None:
+    await twin.close()
+    await twin.close()
+    assert twin.http.is_closed
+
+
+async def test_with_options_shares_the_pool_and_closing_the_copy_leaves_it_open(
+    twin: Twin, api: respx.MockRouter
+) -> None:
+    api.get(STATUS).mock(return_value=reply(body=ACTIVE))
+    copy = twin.with_options(timeout=1.0, max_retries=0)
+    assert copy.http is twin.http
+    await copy.get_session("user123")
+    await copy.close()
+    assert not twin.http.is_closed
+    assert (await twin.get_session("user123")).is_active
+    await twin.close()
+    assert twin.http.is_closed
+
+
+async def test_repr_names_the_slug_but_never_the_api_key(twin: Twin) -> None:
+    copy = twin.with_options(max_retries=1).provider
+    for text in (repr(twin.provider), str(twin.provider), repr(copy)):
+        assert API_KEY not in text
+        assert SLUG in text
+
+
+# -- wait_for_session ---------------------------------------------------------------------------
+
+
+async def test_wait_returns_the_active_session_after_pending_polls(
+    twin: Twin, api: respx.MockRouter
+) -> None:
+    route = api.get(STATUS).mock(side_effect=[reply(body=PENDING)] * 2 + [reply(body=ACTIVE)])
+    session = await twin.wait_for_session("user123", poll_interval=0.01)
+    assert session.is_active
+    assert session["session_token"] == TOKEN
+    assert route.call_count == 3
+
+
+async def test_wait_pauses_poll_interval_between_polls(twin: Twin, api: respx.MockRouter) -> None:
+    api.get(STATUS).mock(side_effect=[reply(body=PENDING)] * 3 + [reply(body=ACTIVE)])
+    started = time.monotonic()
+    await twin.wait_for_session("user123", poll_interval=0.05)
+    assert time.monotonic() - started >= 3 * 0.05
+
+
+async def test_wait_timeout_raises_at_the_deadline_not_a_poll_interval_later(
+    twin: Twin, api: respx.MockRouter
+) -> None:
+    route = api.get(STATUS).mock(return_value=reply(body=PENDING))
+    started = time.monotonic()
+    with pytest.raises(SessionWaitTimeoutError) as info:
+        await twin.wait_for_session("user123", poll_interval=10, timeout=0.2)
+    elapsed = time.monotonic() - started
+    assert 0.2 <= elapsed < 2.0
+    assert isinstance(info.value, TimeoutError)
+    assert "'pending'" in str(info.value)
+    assert route.call_count == 1
+
+
+async def test_wait_timeout_keeps_polling_until_the_deadline(
+    twin: Twin, api: respx.MockRouter
+) -> None:
+    route = api.get(STATUS).mock(return_value=reply(body=PENDING))
+    with pytest.raises(SessionWaitTimeoutError):
+        await twin.wait_for_session("user123", poll_interval=0.05, timeout=0.3)
+    assert route.call_count >= 2
+
+
+async def test_wait_with_timeout_caps_each_requests_timeout_at_the_time_left(
+    twin: Twin, api: respx.MockRouter
+) -> None:
+    seen: list[dict[str, float]] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"])
+        return reply(body=ACTIVE if len(seen) == 2 else PENDING)
+
+    api.get(STATUS).mock(side_effect=record)
+    await twin.wait_for_session("user123", poll_interval=0.01, timeout=0.5)
+    assert len(seen) == 2
+    assert all(0 < value <= 0.5 for timeout in seen for value in timeout.values())
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+async def test_wait_rides_out_a_flapping_status_endpoint(
+    twin: Twin, api: respx.MockRouter, timeout: float | None
+) -> None:
+    down = reply(503, {"error": "unavailable"})
+    route = api.get(STATUS).mock(
+        side_effect=[down, reply(body=PENDING), down, httpx.ConnectError, reply(body=ACTIVE)]
+    )
+    session = await twin.wait_for_session("user123", poll_interval=0.01, timeout=timeout)
+    assert session.is_active
+    assert route.call_count == 5
+
+
+async def test_wait_with_timeout_rides_out_persistent_503s_until_the_deadline(
+    twin: Twin, api: respx.MockRouter
+) -> None:
+    route = api.get(STATUS).mock(return_value=reply(503, {"error": "unavailable"}))
+    started = time.monotonic()
+    with pytest.raises(SessionWaitTimeoutError):
+        await twin.wait_for_session("user123", poll_interval=0.01, timeout=0.3)
+    assert 0.3 <= time.monotonic() - started < 2.0
+    assert route.call_count > 3, "more polls than one call's retry budget"
+
+
+async def test_wait_timeout_after_persistent_503s_is_caused_by_the_server_error(
+    twin: Twin, api: respx.MockRouter
+) -> None:
+    api.get(STATUS).mock(return_value=reply(503, {"error": "unavailable"}))
+    with pytest.raises(SessionWaitTimeoutError) as info:
+        await twin.wait_for_session("user123", poll_interval=0.02, timeout=0.2)
+    assert isinstance(info.value.__cause__, ServerError)
+
+
+async def test_wait_without_timeout_raises_a_persistent_503_once_retries_are_spent(
+    twin: Twin, api: respx.MockRouter, sleeps: list[float]
+) -> None:
+    route = api.get(STATUS).mock(return_value=reply(503, {"error": "unavailable"}))
+    with pytest.raises(ServerError) as info:
+        await twin.wait_for_session("user123", poll_interval=0.01)
+    assert info.value.attempts == route.call_count == 3
+    assert len(sleeps) == 2
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0])
+async def test_wait_raises_a_refused_api_key_at_once(
+    twin: Twin, api: respx.MockRouter, timeout: float | None
+) -> None:
+    route = api.get(STATUS).mock(return_value=reply(401, {"error": "bad key"}))
+    started = time.monotonic()
+    with pytest.raises(InvalidAPIKeyError):
+        await twin.wait_for_session("user123", poll_interval=0.01, timeout=timeout)
+    assert route.call_count == 1
+    assert time.monotonic() - started < 1.0
+
+
+async def test_async_wait_is_cancelled_mid_sleep(
+    aclient: AsyncKNAIProvider, api: respx.MockRouter
+) -> None:
+    route = api.get(STATUS).mock(return_value=reply(body=PENDING))
+    task = asyncio.create_task(aclient.wait_for_session("user123", poll_interval=60))
+    for _ in range(200):
+        if route.called:
+            break
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.02)  # now in its 60 s pause
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=1.0)
+    assert done == {task}, "the wait did not stop within 1 s of being cancelled"
+    assert task.cancelled()
+    assert route.call_count == 1
+
+
+async def test_async_wait_is_cancelled_mid_request(
+    aclient: AsyncKNAIProvider, api: respx.MockRouter
+) -> None:
+    entered, finished = asyncio.Event(), []
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        entered.set()
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            finished.append(request)
+        return reply(body=ACTIVE)  # pragma: no cover
+
+    route = api.get(STATUS).mock(side_effect=hang)
+    task = asyncio.create_task(aclient.wait_for_session("user123", timeout=600))
+    await asyncio.wait_for(entered.wait(), 1.0)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=1.0)
+    assert done == {task}, "the wait did not stop within 1 s of being cancelled"
+    assert task.cancelled()
+    assert len(finished) == 1, "the in-flight request was abandoned, not left running"
+    route.mock(side_effect=None, return_value=reply(body=ACTIVE))
+    assert (await aclient.get_session("user123")).is_active
+
+
+# -- secrets ------------------------------------------------------------------------------------
+
+
+async def test_secrets_never_reach_logs_reprs_errors_or_output(
+    twin: Twin,
+    api: respx.MockRouter,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name in ("knai", "httpx", "httpcore"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    # A status poll knows only the API key; a charge knows the session token too.
+    echo_key = {"error": f"bad key {API_KEY}"}
+    echo = {"error": f"bad token {TOKEN} for key {API_KEY}"}
+    timeout = httpx.ReadTimeout
+    api.get(STATUS).mock(
+        side_effect=[
+            reply(503, echo_key),
+            reply(body=ACTIVE),
+            *[timeout] * 3,
+            reply(401, echo_key),
+        ]
+    )
+    api.post(CHARGE).mock(
+        side_effect=[
+            reply(502, echo),
+            reply(body={**CHARGED, "session_token": TOKEN}),
+            reply(403, echo),
+            *[httpx.ConnectError] * 3,
+            reply(200, b"<html>" + TOKEN.encode() + API_KEY.encode()),
+        ]
+    )
+    session = await twin.wait_for_session("user123", poll_interval=0.01)
+    result = await twin.charge(session["session_token"], amount_tokens=1500, model="gpt-4")
+    errors: list[KNAIError] = []
+    for call in (
+        lambda: twin.get_session("user123"),
+        lambda: twin.get_session("user123"),
+        *[lambda: twin.charge(TOKEN, amount_tokens=1, model="gpt-4")] * 3,
+    ):
+        with pytest.raises(KNAIError) as info:
+            await call()
+        errors.append(info.value)
+    out, err = capsys.readouterr()
+    texts = [out, err, caplog.text, *(record.getMessage() for record in caplog.records)]
+    texts += [repr(twin.provider), str(twin.provider)]
+    for shown in (session, result, *errors):
+        texts += [str(shown), repr(shown)]
+    texts += ["".join(traceback.format_exception(error)) for error in errors]
+    for text in texts:
+        assert API_KEY not in text
+        assert TOKEN not in text
+    # The scenarios really ran: retries were logged, and every kind of failure was raised.
+    assert any("retrying" in record.getMessage() for record in caplog.records)
+    assert any(record.name == "httpx" for record in caplog.records)
+    assert [type(error).__name__ for error in errors] == [
+        "APITimeoutError",
+        "InvalidAPIKeyError",
+        "SessionExpiredError",
+        "APIConnectionError",
+        "ResponseValidationError",
+    ]
+
+
+async def test_a_token_echoed_in_an_error_body_is_redacted(
+    twin: Twin, api: respx.MockRouter
+) -> None:
+    api.post(CHARGE).mock(return_value=reply(403, {"error": f"bad token {TOKEN}"}))
+    with pytest.raises(SessionExpiredError) as info:
+        await charge(twin)
+    assert info.value.message == "bad token <redacted>"
+    assert str(info.value) == "bad token <redacted> (HTTP 403)"
+
+
+async def test_an_api_key_echoed_to_a_status_poll_is_redacted(
+    twin: Twin, api: respx.MockRouter
+) -> None:
+    api.get(STATUS).mock(return_value=reply(401, {"message": f"unknown key {API_KEY}"}))
+    with pytest.raises(InvalidAPIKeyError) as info:
+        await twin.get_session("user123")
+    assert str(info.value) == "unknown key <redacted> (HTTP 401)"
+
+
+async def test_a_secret_is_redacted_before_a_long_message_is_cut(
+    twin: Twin, api: respx.MockRouter
+) -> None:
+    """Cutting first would leave most of a token straddling the cut in the message."""
+    api.post(CHARGE).mock(return_value=reply(400, {"error": "x" * 285 + TOKEN + "y" * 50}))
+    with pytest.raises(KNAIError) as info:
+        await charge(twin)
+    assert TOKEN[:12] not in str(info.value)
+    assert "<redac" in str(info.value)
