@@ -8,10 +8,11 @@ README flow through the in-process transports, with sockets forbidden.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import httpx
 import pytest
@@ -56,13 +57,13 @@ class Client:
         return await result if isinstance(self.provider, AsyncKNAIProvider) else result
 
     async def get_session(self, *args: Any, **kwargs: Any) -> Session:
-        return await self._call("get_session", *args, **kwargs)
+        return cast("Session", await self._call("get_session", *args, **kwargs))
 
     async def wait_for_session(self, *args: Any, **kwargs: Any) -> Session:
-        return await self._call("wait_for_session", *args, **kwargs)
+        return cast("Session", await self._call("wait_for_session", *args, **kwargs))
 
     async def charge(self, *args: Any, **kwargs: Any) -> ChargeResult:
-        return await self._call("charge", *args, **kwargs)
+        return cast("ChargeResult", await self._call("charge", *args, **kwargs))
 
     async def close(self) -> None:
         await self._call("aclose" if isinstance(self.provider, AsyncKNAIProvider) else "close")
@@ -336,6 +337,30 @@ async def test_retries_exhausted_after_a_debit_say_so_and_the_key_settles_the_ch
     assert settled.charge_id == applied.charge_id
     assert debited(admin) == [applied.charge_id]
     assert settled.remaining_balance == balance(admin) == DEMO_BALANCE - 1500
+
+
+async def test_charge_timing_out_while_the_wallet_works_is_retried_and_debited_once(
+    client: Client, admin: SandboxAdmin, token: str
+) -> None:
+    admin.inject_fault("charge", delay=0.3)  # attempt 1 lands after the client gave up on it
+    result = await client.charge(token, 1500, "gpt-4", timeout=0.1)
+    assert result.meta.retries == 1
+    await asyncio.sleep(0.5)  # the slow attempt has now reached the ledger: a replay
+    assert debited(admin) == [result.charge_id]
+    assert balance(admin) == DEMO_BALANCE - 1500
+
+
+async def test_refusal_answered_after_a_dropped_attempt_says_nothing_was_charged(
+    client: Client, admin: SandboxAdmin, token: str
+) -> None:
+    admin.inject_fault("charge", drop="after")  # the wallet refuses; that answer is lost
+    with pytest.raises(InsufficientBalanceError) as caught:
+        await client.charge(token, DEMO_BALANCE + 1, "gpt-4")
+    assert caught.value.attempts == 2
+    assert debited(admin) == []
+    assert balance(admin) == DEMO_BALANCE
+    assert "may have been applied" not in str(caught.value)
+    assert caught.value.may_have_been_applied is False
 
 
 # -- in process: the same wallet through httpx's transport hook, no socket -------------------------

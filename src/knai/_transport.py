@@ -222,7 +222,11 @@ def finish_error(call: Call, attempts: _Attempts, exc: KNAIError) -> KNAIError:
     exc.attempts = attempts.count
     if call.is_charge:
         exc.idempotency_key = call.idempotency_key
-        exc.may_have_been_applied = attempts.ambiguous
+        # A 402 to this key is the wallet's decision on it: nothing was charged,
+        # even if an earlier attempt's answer was lost.
+        exc.may_have_been_applied = attempts.ambiguous and not isinstance(
+            exc, InsufficientBalanceError
+        )
     return exc
 
 
