@@ -415,17 +415,43 @@ class AsyncKNAIProvider(_BaseProvider):
         timeout: float | httpx.Timeout | None = None,
         max_retries: int | None = None,
     ) -> Session:
-        """Poll the session status of `provider_username` once (see `KNAIProvider.get_session`)."""
+        """Poll the session status of `provider_username` once.
+
+        Args:
+            provider_username: The wallet user's name on your platform.
+            timeout: Per-attempt timeout for this call (default: the client's).
+            max_retries: Retries for this call (default: the client's).
+
+        Returns:
+            The `Session`; `session.is_active` tells whether it can be charged.
+
+        Raises:
+            InvalidAPIKeyError: The key or slug was refused.
+            APIConnectionError: No response, after the retries.
+            ResponseValidationError: The answer was not a session payload.
+            KNAIError: Any other error answer.
+        """
         call = self._status_call(provider_username)
         return await self._transport.send(call, Session, **self._per_call(timeout, max_retries))
 
     async def wait_for_session(
         self, provider_username: str, poll_interval: float = 1.5, *, timeout: float | None = None
     ) -> Session:
-        """Poll until the session is active (see `KNAIProvider.wait_for_session`).
+        """Poll until the user's session is active, and return it.
 
+        Without a timeout this waits as long as it takes (as 0.1.0 did), and an
+        error answer is raised once the client's retries are spent. With a
+        timeout, transient failures are ridden out until the deadline.
         Cancelling the awaiting task stops the wait at once, mid-sleep or
         mid-request, and leaves no request behind.
+
+        Args:
+            provider_username: The wallet user's name on your platform.
+            poll_interval: Seconds between polls (default 1.5).
+            timeout: Give up after this many seconds (default: never).
+
+        Returns:
+            The active `Session`; `session["session_token"]` charges it.
 
         Raises:
             SessionWaitTimeoutError: The deadline passed first (also a TimeoutError).
@@ -461,7 +487,23 @@ class AsyncKNAIProvider(_BaseProvider):
         timeout: float | httpx.Timeout | None = None,
         max_retries: int | None = None,
     ) -> ChargeResult:
-        """Charge the session's wallet (see `KNAIProvider.charge`).
+        """Charge `amount_tokens` of `model` usage to the session's wallet.
+
+        Every retry of one call carries the same `Idempotency-Key`, so a retried
+        charge is applied at most once. Pass your own key (e.g. your request
+        id) to make a replay after a crash safe too.
+
+        Args:
+            session_token: The active session's token (secret).
+            amount_tokens: Tokens to charge: an int >= 1.
+            model: The model id the usage was of, e.g. "gpt-4".
+            idempotency_key: Up to 255 printable ASCII characters; default: a
+                fresh UUID4 (see `result.meta.idempotency_key`).
+            timeout: Per-attempt timeout for this call (default: the client's).
+            max_retries: Retries for this call (default: the client's).
+
+        Returns:
+            The `ChargeResult`; `result.meta` has the request id and retries.
 
         Raises:
             ValueError: An argument is malformed; nothing was sent.
@@ -469,6 +511,7 @@ class AsyncKNAIProvider(_BaseProvider):
             SessionExpiredError: The session is expired, revoked or unknown.
             APIConnectionError: No response after the retries; check
                 `exc.may_have_been_applied` and replay with `exc.idempotency_key`.
+            InvalidAPIKeyError: The key or slug was refused.
             KNAIError: Any other error answer.
         """
         call = self._charge_call(session_token, amount_tokens, model, idempotency_key)
