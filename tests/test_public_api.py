@@ -51,8 +51,8 @@ def test_no_public_attribute_outside_all() -> None:
     """`import knai` exposes no stray public names (submodules aside)."""
     public = {
         name
-        for name, value in vars(knai).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        for name in dir(knai)
+        if not name.startswith("_") and not isinstance(getattr(knai, name), types.ModuleType)
     }
     assert public == EXPECTED - {"__version__"}
 
@@ -169,3 +169,12 @@ def test_import_knai_pulls_in_no_sandbox_or_test_tools() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert json.loads(out.stdout) == []
+
+
+def test_import_knai_does_not_build_the_pydantic_models() -> None:
+    """`import knai` stays cheap: pydantic's model machinery loads on first use."""
+    code = (
+        "import sys, knai; assert 'pydantic.main' not in sys.modules, 'eager';"
+        " knai.Session; assert 'pydantic.main' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,6 +9,8 @@ Wait for a user's wallet session, then charge it per use::
         result = provider.charge(session["session_token"], amount_tokens=1500, model="gpt-4")
 """
 
+import typing as _typing
+
 from ._client import AsyncKNAIProvider, KNAIProvider
 from ._errors import (
     APIConnectionError,
@@ -22,8 +24,11 @@ from ._errors import (
     SessionExpiredError,
     SessionWaitTimeoutError,
 )
-from ._models import ChargeResult, ResponseMeta, Session
+from ._transport import ResponseMeta
 from ._version import __version__
+
+if _typing.TYPE_CHECKING:
+    from ._models import ChargeResult, Session
 
 __all__ = [
     "APIConnectionError",
@@ -43,3 +48,19 @@ __all__ = [
     "SessionWaitTimeoutError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The pydantic models are built on first use, not at `import knai`
+    # (building them costs more than importing httpx).
+    if name in ("ChargeResult", "Session"):
+        from . import _models
+
+        value = getattr(_models, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

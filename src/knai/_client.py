@@ -20,12 +20,13 @@ import httpx
 
 from . import _args
 from ._errors import KNAIError, SessionWaitTimeoutError
-from ._models import ChargeResult, Session
 from ._retry import RetryPolicy
 from ._transport import DEFAULT_TIMEOUT, AsyncTransport, Call, SyncTransport
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from ._models import ChargeResult, Session
+
     if sys.version_info >= (3, 11):
         from typing import Self
     else:
@@ -150,25 +151,30 @@ class _BaseProvider:
             else _args.check_max_retries(max_retries),
         }
 
-    def _status_call(self, provider_username: str) -> Call:
-        return Call(
+    def _status_call(self, provider_username: str) -> tuple[Call, type[Session]]:
+        from ._models import Session  # deferred: see _TransportBase._parse
+
+        call = Call(
             "GET",
             _STATUS_PATH,
             {"provider_username": _args.check_username(provider_username)},
             self._headers,
             secrets=(self._api_key,),
         )
+        return call, Session
 
     def _charge_call(
         self, session_token: str, amount_tokens: int, model: str, idempotency_key: str | None
-    ) -> Call:
+    ) -> tuple[Call, type[ChargeResult]]:
+        from ._models import ChargeResult  # deferred: see _TransportBase._parse
+
         token = _args.check_token("session_token", session_token)
         body = {
             "amount_tokens": _args.check_amount(amount_tokens),
             "model": _args.check_text("model", model),
         }
         key = _args.check_idempotency_key(idempotency_key)
-        return Call(
+        call = Call(
             "POST",
             _CHARGE_PATH,
             None,
@@ -177,6 +183,7 @@ class _BaseProvider:
             idempotency_key=key,
             secrets=(self._api_key, token),
         )
+        return call, ChargeResult
 
 
 class KNAIProvider(_BaseProvider):
@@ -257,8 +264,8 @@ class KNAIProvider(_BaseProvider):
             ResponseValidationError: The answer was not a session payload.
             KNAIError: Any other error answer.
         """
-        call = self._status_call(provider_username)
-        return self._transport.send(call, Session, **self._per_call(timeout, max_retries))
+        call, model = self._status_call(provider_username)
+        return self._transport.send(call, model, **self._per_call(timeout, max_retries))
 
     def wait_for_session(
         self, provider_username: str, poll_interval: float = 1.5, *, timeout: float | None = None
@@ -282,14 +289,14 @@ class KNAIProvider(_BaseProvider):
             InvalidAPIKeyError: The key or slug was refused.
             KNAIError: Any other error answer.
         """
-        call = self._status_call(provider_username)
+        call, model = self._status_call(provider_username)
         wait = _SessionWait(provider_username, poll_interval, timeout)
         while True:
             wait.check()
             try:
                 session = self._transport.send(
                     call,
-                    Session,
+                    model,
                     timeout=self.timeout,
                     max_retries=self.max_retries,
                     deadline=wait.deadline,
@@ -338,8 +345,8 @@ class KNAIProvider(_BaseProvider):
                 `exc.may_have_been_applied` and replay with `exc.idempotency_key`.
             KNAIError: Any other error answer.
         """
-        call = self._charge_call(session_token, amount_tokens, model, idempotency_key)
-        return self._transport.send(call, ChargeResult, **self._per_call(timeout, max_retries))
+        call, result_model = self._charge_call(session_token, amount_tokens, model, idempotency_key)
+        return self._transport.send(call, result_model, **self._per_call(timeout, max_retries))
 
     def close(self) -> None:
         """Close the connection pool (unless it was passed in or shared)."""
@@ -431,8 +438,8 @@ class AsyncKNAIProvider(_BaseProvider):
             ResponseValidationError: The answer was not a session payload.
             KNAIError: Any other error answer.
         """
-        call = self._status_call(provider_username)
-        return await self._transport.send(call, Session, **self._per_call(timeout, max_retries))
+        call, model = self._status_call(provider_username)
+        return await self._transport.send(call, model, **self._per_call(timeout, max_retries))
 
     async def wait_for_session(
         self, provider_username: str, poll_interval: float = 1.5, *, timeout: float | None = None
@@ -458,14 +465,14 @@ class AsyncKNAIProvider(_BaseProvider):
             InvalidAPIKeyError: The key or slug was refused.
             KNAIError: Any other error answer.
         """
-        call = self._status_call(provider_username)
+        call, model = self._status_call(provider_username)
         wait = _SessionWait(provider_username, poll_interval, timeout)
         while True:
             wait.check()
             try:
                 session = await self._transport.send(
                     call,
-                    Session,
+                    model,
                     timeout=self.timeout,
                     max_retries=self.max_retries,
                     deadline=wait.deadline,
@@ -514,9 +521,9 @@ class AsyncKNAIProvider(_BaseProvider):
             InvalidAPIKeyError: The key or slug was refused.
             KNAIError: Any other error answer.
         """
-        call = self._charge_call(session_token, amount_tokens, model, idempotency_key)
+        call, result_model = self._charge_call(session_token, amount_tokens, model, idempotency_key)
         return await self._transport.send(
-            call, ChargeResult, **self._per_call(timeout, max_retries)
+            call, result_model, **self._per_call(timeout, max_retries)
         )
 
     async def aclose(self) -> None:

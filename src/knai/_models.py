@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
@@ -26,32 +25,12 @@ from pydantic import (
 )
 
 from ._errors import ResponseValidationError
+from ._transport import ResponseMeta
 
-__all__ = ["ChargeResult", "ResponseMeta", "Session"]
+__all__ = ["ChargeResult", "Session", "parse_payload"]
 
 _T = TypeVar("_T")
 _PayloadT = TypeVar("_PayloadT", bound="_Payload")
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseMeta:
-    """What the HTTP exchange behind a result looked like.
-
-    Attributes:
-        status_code: The final response's HTTP status (0 for a model built by hand).
-        headers: The final response's headers (case-insensitive keys).
-        request_id: Its `X-Request-Id` header, if any.
-        idempotency_key: The `Idempotency-Key` sent with a charge, else None.
-        retries: How many retries it took (0 when the first attempt succeeded).
-        elapsed: Seconds from the first attempt to the final response.
-    """
-
-    status_code: int = 0
-    headers: Mapping[str, str] = field(default_factory=dict)
-    request_id: str | None = None
-    idempotency_key: str | None = None
-    retries: int = 0
-    elapsed: float = 0.0
 
 
 _NO_RESPONSE = ResponseMeta()

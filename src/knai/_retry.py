@@ -26,6 +26,7 @@ __all__ = ["RETRYABLE_STATUSES", "RetryPolicy", "parse_retry_after"]
 
 log = logging.getLogger("knai")
 _LoopT = TypeVar("_LoopT", bound=_tenacity.BaseRetrying)
+_T = TypeVar("_T")
 
 #: Statuses that say "try again": timeout, rate limit, transient server errors.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -110,15 +111,48 @@ class RetryPolicy:
             enabled=max_retries > 0,
         )
 
-    def retrying(self, max_retries: int, deadline: float | None = None) -> _tenacity.Retrying:
-        """A fresh tenacity loop for one call (tenacity keeps per-loop state)."""
-        return self._loop(_tenacity.Retrying, self.sleep, max_retries, deadline)
+    def resume(
+        self,
+        failure: BaseException,
+        attempt: Callable[..., _T],
+        args: tuple[Any, ...],
+        max_retries: int,
+        deadline: float | None = None,
+    ) -> _T:
+        """Go on after `failure` ended the first attempt: retry `attempt(*args)` as policy says.
 
-    def async_retrying(
-        self, max_retries: int, deadline: float | None = None
-    ) -> _tenacity.AsyncRetrying:
-        """The asyncio twin of `retrying`."""
-        return self._loop(_tenacity.AsyncRetrying, self.asleep, max_retries, deadline)
+        The first attempt runs outside tenacity so that a call that succeeds
+        at once pays nothing for the loop; tenacity replays `failure` as its
+        own attempt 1 and takes every decision from there.
+        """
+        first: list[BaseException] = [failure]
+
+        def again() -> _T:
+            if first:
+                raise first.pop()
+            return attempt(*args)
+
+        loop = self._loop(_tenacity.Retrying, self.sleep, max_retries, deadline)
+        return loop(again)
+
+    async def aresume(
+        self,
+        failure: BaseException,
+        attempt: Callable[..., Awaitable[_T]],
+        args: tuple[Any, ...],
+        max_retries: int,
+        deadline: float | None = None,
+    ) -> _T:
+        """The asyncio twin of `resume`."""
+        first: list[BaseException] = [failure]
+
+        async def again() -> _T:
+            if first:
+                raise first.pop()
+            return await attempt(*args)
+
+        loop = self._loop(_tenacity.AsyncRetrying, self.asleep, max_retries, deadline)
+        return await loop(again)
 
 
 def _log_retry(state: _tenacity.RetryCallState) -> None:

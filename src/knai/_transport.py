@@ -8,13 +8,12 @@ only in `await`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -29,10 +28,12 @@ from ._errors import (
     ServerError,
     SessionExpiredError,
 )
-from ._models import ResponseMeta, _Payload, parse_payload
 from ._retry import RetryPolicy, parse_retry_after
 
-__all__ = ["DEFAULT_TIMEOUT", "AsyncTransport", "Call", "SyncTransport"]
+if TYPE_CHECKING:
+    from ._models import _Payload
+
+__all__ = ["DEFAULT_TIMEOUT", "AsyncTransport", "Call", "ResponseMeta", "SyncTransport"]
 
 log = logging.getLogger("knai")
 
@@ -42,8 +43,7 @@ MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 _KEEP_RAW_BYTES = 64 * 1024
 _MAX_MESSAGE = 300  # an HTML error page is not a message
 
-_ModelT = TypeVar("_ModelT", bound=_Payload)
-_Answer = tuple[Any, ResponseMeta, bytes]  # decoded JSON, metadata, the bytes received
+_ModelT = TypeVar("_ModelT", bound="_Payload")
 
 _STATUS_ERRORS: dict[int, type[KNAIError]] = {
     401: InvalidAPIKeyError,
@@ -55,6 +55,30 @@ _STATUS_ERRORS: dict[int, type[KNAIError]] = {
 
 # httpx failures that happen before the request can have reached the server.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseMeta:
+    """What the HTTP exchange behind a result looked like.
+
+    Attributes:
+        status_code: The final response's HTTP status (0 for a model built by hand).
+        headers: The final response's headers (case-insensitive keys).
+        request_id: Its `X-Request-Id` header, if any.
+        idempotency_key: The `Idempotency-Key` sent with a charge, else None.
+        retries: How many retries it took (0 when the first attempt succeeded).
+        elapsed: Seconds from the first attempt to the final response.
+    """
+
+    status_code: int = 0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    request_id: str | None = None
+    idempotency_key: str | None = None
+    retries: int = 0
+    elapsed: float = 0.0
+
+
+_Answer = tuple[Any, ResponseMeta, bytes]  # decoded JSON, metadata, the bytes received
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,26 +135,30 @@ def _attempt_timeout(timeout: httpx.Timeout, deadline: float | None) -> httpx.Ti
     )
 
 
-@contextlib.contextmanager
-def _mapped_transport_errors(call: Call, attempts: _Attempts) -> Iterator[None]:
-    """The one place where httpx's exceptions become knai's."""
-    try:
-        yield
-    except httpx.TimeoutException as exc:
-        attempts.ambiguous |= not isinstance(exc, _NOT_SENT)
-        raise APITimeoutError(
-            f"{type(exc).__name__} on {call.method} {call.path}: {_scrub(str(exc), call.secrets)}"
-        ) from exc
-    except httpx.DecodingError as exc:
-        attempts.ambiguous = True
-        raise ResponseValidationError(
-            f"response body could not be decoded: {_scrub(str(exc), call.secrets)}"
-        ) from exc
-    except httpx.RequestError as exc:
-        attempts.ambiguous |= not isinstance(exc, _NOT_SENT)
-        raise APIConnectionError(
-            f"{type(exc).__name__} on {call.method} {call.path}: {_scrub(str(exc), call.secrets)}"
-        ) from exc
+class _MappedTransportErrors:
+    """The one place where httpx's exceptions become knai's (a class: cheaper per call)."""
+
+    __slots__ = ("attempts", "call")
+
+    def __init__(self, call: Call, attempts: _Attempts) -> None:
+        self.call = call
+        self.attempts = attempts
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc is None or not isinstance(exc, httpx.RequestError):
+            return
+        call, what = self.call, _scrub(str(exc), self.call.secrets)
+        if isinstance(exc, httpx.DecodingError):
+            self.attempts.ambiguous = True
+            raise ResponseValidationError(f"response body could not be decoded: {what}") from exc
+        self.attempts.ambiguous |= not isinstance(exc, _NOT_SENT)
+        error = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
+        raise error(f"{type(exc).__name__} on {call.method} {call.path}: {what}") from exc
 
 
 def _error_message(body: Any) -> str | None:
@@ -242,6 +270,10 @@ class _TransportBase:
         model: type[_ModelT],
         answer: _Answer,
     ) -> _ModelT:
+        # Imported here, not at the top: `import knai` stays free of pydantic's
+        # model machinery until the first response is parsed.
+        from ._models import parse_payload
+
         payload, meta, body = answer
         try:
             return parse_payload(model, payload, meta, body[:_KEEP_RAW_BYTES])
@@ -267,9 +299,20 @@ class SyncTransport(_TransportBase):
         deadline: float | None = None,
     ) -> _ModelT:
         attempts = _Attempts()
-        retrying = self.policy.retrying(max_retries, deadline)
         try:
-            answer = retrying(self._attempt, call, attempts, timeout, deadline)
+            try:
+                answer = self._attempt(call, attempts, timeout, deadline)
+            except KNAIError as failure:
+                # The happy path never builds a tenacity loop; a failure resumes in one.
+                if not max_retries:
+                    raise
+                answer = self.policy.resume(
+                    failure,
+                    self._attempt,
+                    (call, attempts, timeout, deadline),
+                    max_retries,
+                    deadline,
+                )
         except KNAIError as exc:
             raise finish_error(call, attempts, exc) from exc.__cause__
         return self._parse(call, attempts, model, answer)
@@ -286,7 +329,7 @@ class SyncTransport(_TransportBase):
             content=call.content,
             timeout=_attempt_timeout(timeout, deadline),
         )
-        with _mapped_transport_errors(call, attempts):
+        with _MappedTransportErrors(call, attempts):
             response = self.http.send(request, stream=True, follow_redirects=False)
             body, complete = bytearray(), True
             try:
@@ -317,9 +360,19 @@ class AsyncTransport(_TransportBase):
         deadline: float | None = None,
     ) -> _ModelT:
         attempts = _Attempts()
-        retrying = self.policy.async_retrying(max_retries, deadline)
         try:
-            answer: _Answer = await retrying(self._attempt, call, attempts, timeout, deadline)
+            try:
+                answer = await self._attempt(call, attempts, timeout, deadline)
+            except KNAIError as failure:
+                if not max_retries:
+                    raise
+                answer = await self.policy.aresume(
+                    failure,
+                    self._attempt,
+                    (call, attempts, timeout, deadline),
+                    max_retries,
+                    deadline,
+                )
         except KNAIError as exc:
             raise finish_error(call, attempts, exc) from exc.__cause__
         return self._parse(call, attempts, model, answer)
@@ -336,7 +389,7 @@ class AsyncTransport(_TransportBase):
             content=call.content,
             timeout=_attempt_timeout(timeout, deadline),
         )
-        with _mapped_transport_errors(call, attempts):
+        with _MappedTransportErrors(call, attempts):
             response = await self.http.send(request, stream=True, follow_redirects=False)
             body, complete = bytearray(), True
             try:
