@@ -31,6 +31,7 @@ __all__ = [
 DEFAULT_BASE_URL = "https://api.conx.ai"
 MAX_AMOUNT_TOKENS = 2**63 - 1
 _MAX_KEY_LENGTH = 255
+_MAX_USERNAME_LENGTH = 1024  # encoded, it must fit in a URL
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _RESERVED_HEADERS = frozenset(
     {
@@ -68,6 +69,7 @@ def check_text(name: str, value: object) -> str:
     """A non-empty string that is not only whitespace."""
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name} is required and must be a non-empty str, got {value!r}")
+    _check_utf8(name, value)
     return value
 
 
@@ -77,7 +79,17 @@ def check_username(value: object) -> str:
         raise ValueError(f"provider_username must be a non-empty str, got {value!r}")
     if "\x00" in value:
         raise ValueError("provider_username must not contain NUL characters")
+    if len(value) > _MAX_USERNAME_LENGTH:
+        raise ValueError(f"provider_username must be at most {_MAX_USERNAME_LENGTH} characters")
+    _check_utf8("provider_username", value)
     return value
+
+
+def _check_utf8(name: str, value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} must be valid Unicode text (no lone surrogates)") from None
 
 
 def check_amount(value: object) -> int:

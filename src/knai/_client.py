@@ -70,7 +70,9 @@ class _SessionWait:
         if self.deadline is None or not policy.should_retry(exc):
             raise exc
         self.last_error = exc
-        if time.monotonic() >= self.deadline:
+        wait_at_least = exc.retry_after or 0.0
+        if time.monotonic() + wait_at_least >= self.deadline:
+            # Past the deadline, or the server asks us to come back after it.
             raise self._expired(exc) from exc
 
     def seen(self, session: Session) -> bool:
@@ -80,9 +82,15 @@ class _SessionWait:
 
     def pause(self) -> float:
         """Seconds to sleep before the next poll: never past the deadline."""
+        # A server's Retry-After (on the failure being ridden out) outranks the interval.
+        interval = (
+            max(self.interval, self.last_error.retry_after or 0.0)
+            if self.last_error
+            else self.interval
+        )
         if self.deadline is None:
-            return self.interval
-        return max(0.0, min(self.interval, self.deadline - time.monotonic()))
+            return interval
+        return max(0.0, min(interval, self.deadline - time.monotonic()))
 
 
 class _BaseProvider:
@@ -114,6 +122,8 @@ class _BaseProvider:
         self._headers = {
             "User-Agent": _USER_AGENT,
             "Accept": "application/json",
+            # Payloads are tiny: ask for them uncompressed (gzip is still undone, boundedly).
+            "Accept-Encoding": "identity",
             **_args.check_default_headers(default_headers),
             "Content-Type": "application/json",
             "X-Provider-API-Key": api_key,

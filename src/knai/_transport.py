@@ -8,9 +8,11 @@ only in `await`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,7 +43,9 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 #: The protocol's payloads are tiny: a body larger than this is refused, not buffered.
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 _KEEP_RAW_BYTES = 64 * 1024
-_MAX_MESSAGE = 300  # an HTML error page is not a message
+_MAX_MESSAGE = 300
+#: Requests one AsyncKNAIProvider has on the wire at once; more wait their turn.
+MAX_IN_FLIGHT = 8  # an HTML error page is not a message
 
 _ModelT = TypeVar("_ModelT", bound="_Payload")
 
@@ -135,6 +139,65 @@ def _attempt_timeout(timeout: httpx.Timeout, deadline: float | None) -> httpx.Ti
     )
 
 
+def _attempt_budget(timeout: httpx.Timeout, deadline: float | None) -> float:
+    """When an attempt must be over: connect, then the whole answer within `read`."""
+    budget = sum(t for t in (timeout.connect, timeout.read) if t is not None) or 3600.0
+    until = time.monotonic() + budget
+    return until if deadline is None else min(until, deadline)
+
+
+class _Body:
+    """A response body read raw, within the size cap and the attempt's time budget.
+
+    httpx's timeouts bound each read, not the whole answer: a server that
+    trickles bytes could hold a call forever, so the budget is checked per
+    chunk. Content-Encoding is undone here, boundedly: httpx would inflate a
+    whole compressed chunk at once (a small gzip bomb becomes gigabytes).
+    """
+
+    __slots__ = ("complete", "identity", "raw", "until")
+
+    def __init__(self, until: float) -> None:
+        self.raw = bytearray()
+        self.complete = True
+        self.identity = False
+        self.until = until
+
+    def feed(self, chunk: bytes) -> bool:
+        """Keep `chunk`; False once the cap is passed (stop reading)."""
+        self.raw += chunk
+        if len(self.raw) > MAX_RESPONSE_BYTES:
+            self.complete = False
+            return False
+        if time.monotonic() > self.until:
+            raise httpx.ReadTimeout("the response took longer than the timeout to arrive")
+        return True
+
+    def already_read(self, response: httpx.Response) -> None:
+        """Take a body some transport read (and decoded) before handing it over."""
+        self.raw = bytearray(response.content[: MAX_RESPONSE_BYTES + 1])
+        self.complete = len(self.raw) <= MAX_RESPONSE_BYTES
+        self.identity = True
+
+    def decoded(self, headers: httpx.Headers) -> tuple[bytes, bool] | None:
+        """(content, complete), or None when the Content-Encoding cannot be undone."""
+        encoding = "" if self.identity else headers.get("content-encoding", "").strip().lower()
+        raw = bytes(self.raw)
+        if encoding in ("", "identity"):
+            return raw, self.complete
+        if encoding not in ("gzip", "x-gzip", "deflate"):
+            return None
+        for wbits in (47, -15) if encoding == "deflate" else (47,):  # zlib/gzip, then raw
+            inflater = zlib.decompressobj(wbits)
+            try:
+                content = inflater.decompress(raw, MAX_RESPONSE_BYTES + 1)
+            except zlib.error:
+                continue
+            fits = len(content) <= MAX_RESPONSE_BYTES and not inflater.unconsumed_tail
+            return content[:MAX_RESPONSE_BYTES], self.complete and fits
+        return None
+
+
 class _MappedTransportErrors:
     """The one place where httpx's exceptions become knai's (a class: cheaper per call)."""
 
@@ -153,7 +216,7 @@ class _MappedTransportErrors:
         if exc is None or not isinstance(exc, httpx.RequestError):
             return
         call, what = self.call, _scrub(str(exc), self.call.secrets)
-        if isinstance(exc, httpx.DecodingError):
+        if isinstance(exc, httpx.DecodingError):  # from a transport that decodes bodies itself
             self.attempts.ambiguous = True
             raise ResponseValidationError(f"response body could not be decoded: {what}") from exc
         self.attempts.ambiguous |= not isinstance(exc, _NOT_SENT)
@@ -198,13 +261,11 @@ def error_from_response(call: Call, status: int, headers: httpx.Headers, body: b
     )
 
 
-def interpret(
-    call: Call, attempts: _Attempts, response: httpx.Response, body: bytes, complete: bool
-) -> _Answer:
+def interpret(call: Call, attempts: _Attempts, response: httpx.Response, body: _Body) -> _Answer:
     """Decode a 2xx answer's JSON, with its metadata and bytes, or raise the mapped error.
 
-    `complete` is False when the body was cut at MAX_RESPONSE_BYTES: an error
-    answer is still mapped from its start, a 2xx is refused.
+    A body cut at MAX_RESPONSE_BYTES, or one whose encoding cannot be undone,
+    is refused on a 2xx; an error answer is still mapped from what was read.
     """
     status = response.status_code
     if status >= 500:
@@ -216,11 +277,13 @@ def interpret(
             call.path,
             status,
             attempts.count,
-            response.elapsed.total_seconds() * 1000 if response.is_closed else 0.0,
+            response.elapsed.total_seconds() * 1000,
             response.headers.get("x-request-id"),
         )
+    decoded = body.decoded(response.headers)
+    content, complete = decoded if decoded is not None else (bytes(body.raw), False)
     if not 200 <= status < 300:
-        raise error_from_response(call, status, response.headers, body)
+        raise error_from_response(call, status, response.headers, content)
     meta = ResponseMeta(
         status_code=status,
         headers=response.headers,
@@ -229,17 +292,20 @@ def interpret(
         retries=attempts.count - 1,
         elapsed=time.monotonic() - attempts.started,
     )
-    problem = None if complete else f"response body exceeds {MAX_RESPONSE_BYTES} bytes"
-    if problem is None:
+    if decoded is None:
+        problem = "response body has a Content-Encoding that cannot be decoded"
+    elif not complete:
+        problem = f"response body exceeds {MAX_RESPONSE_BYTES} bytes"
+    else:
         try:
-            return json.loads(body), meta, body
+            return json.loads(content), meta, content
         except (ValueError, RecursionError):
             problem = "response body is not JSON"
     attempts.ambiguous = True
     raise ResponseValidationError(
         problem,
         status,
-        raw_body=body[:_KEEP_RAW_BYTES],
+        raw_body=content[:_KEEP_RAW_BYTES],
         request_id=meta.request_id,
         headers=response.headers,
     ) from None
@@ -329,26 +395,37 @@ class SyncTransport(_TransportBase):
             content=call.content,
             timeout=_attempt_timeout(timeout, deadline),
         )
+        body = _Body(_attempt_budget(timeout, deadline))
         with _MappedTransportErrors(call, attempts):
             response = self.http.send(request, stream=True, follow_redirects=False)
-            body, complete = bytearray(), True
             try:
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_RESPONSE_BYTES:
-                        complete = False
+                for chunk in response.iter_raw():
+                    if not body.feed(chunk):
                         break
+            except httpx.StreamConsumed:
+                body.already_read(response)
             finally:
                 response.close()
-        return interpret(call, attempts, response, bytes(body), complete)
+        return interpret(call, attempts, response, body)
 
 
 class AsyncTransport(_TransportBase):
     """Sends `Call`s over one pooled `httpx.AsyncClient`."""
 
-    def __init__(self, http: httpx.AsyncClient, base_url: str, policy: RetryPolicy) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        policy: RetryPolicy,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
         super().__init__(base_url, policy)
         self.http = http
+        # httpcore's async pool assigns requests to connections in time that
+        # grows with the square of the requests it holds: past a handful in
+        # flight, throughput collapses (benchmarks/RESULTS.md). Requests beyond
+        # this many wait here, in a FIFO queue that costs nothing per waiter.
+        self._in_flight = asyncio.Semaphore(max_in_flight)
 
     async def send(
         self,
@@ -389,15 +466,35 @@ class AsyncTransport(_TransportBase):
             content=call.content,
             timeout=_attempt_timeout(timeout, deadline),
         )
-        with _MappedTransportErrors(call, attempts):
-            response = await self.http.send(request, stream=True, follow_redirects=False)
-            body, complete = bytearray(), True
-            try:
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_RESPONSE_BYTES:
-                        complete = False
-                        break
-            finally:
-                await response.aclose()
-        return interpret(call, attempts, response, bytes(body), complete)
+        body = _Body(_attempt_budget(timeout, deadline))
+        await self._take_turn(request, body.until)
+        try:
+            with _MappedTransportErrors(call, attempts):
+                response = await self.http.send(request, stream=True, follow_redirects=False)
+                try:
+                    async for chunk in response.aiter_raw():
+                        if not body.feed(chunk):
+                            break
+                except httpx.StreamConsumed:
+                    body.already_read(response)
+                finally:
+                    await response.aclose()
+        finally:
+            self._in_flight.release()
+        return interpret(call, attempts, response, body)
+
+    async def _take_turn(self, request: httpx.Request, until: float) -> None:
+        """Wait for one of the MAX_IN_FLIGHT places, no longer than the pool timeout."""
+        if not self._in_flight.locked():
+            await self._in_flight.acquire()
+            return
+        pool = request.extensions.get("timeout", {}).get("pool")
+        limit = until - time.monotonic() if pool is None else min(pool, until - time.monotonic())
+        try:
+            await asyncio.wait_for(self._in_flight.acquire(), max(0.0, limit))
+        except asyncio.TimeoutError:
+            # Nothing was sent: a definite failure, safe to retry.
+            raise APITimeoutError(
+                f"no free connection slot within the pool timeout for {request.method}"
+                f" {request.url.path}"
+            ) from None
