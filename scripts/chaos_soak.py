@@ -500,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     report = run_soak(config)
     for line in report.lines():
-        print(line, flush=True)  # noqa: T201
+        print(line, flush=True)
     return 1 if report.discrepancies else 0
 
 
