@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import pytest
 import respx
 
 from knai import AsyncKNAIProvider, KNAIProvider
+
+if TYPE_CHECKING:
+    from tests._twin import Twin, Twins
 
 API_KEY = "sk_test_4f9a1c7e2b8d4e6fa0c3"
 SLUG = "acme-ai"
@@ -72,3 +76,21 @@ async def aclient(api: respx.MockRouter, sleeps: list[float]) -> AsyncIterator[A
     _record_sleeps(provider, sleeps)
     async with provider:
         yield provider
+
+
+@pytest.fixture(params=["sync", "async"])
+async def twins(
+    request: pytest.FixtureRequest, api: respx.MockRouter, sleeps: list[float]
+) -> AsyncIterator[Twins]:
+    """Makers of sync or async clients behind one awaitable surface (each test runs twice)."""
+    from tests._twin import Twins
+
+    makers = Twins(request.param, sleeps)
+    yield makers
+    await makers.aclose()
+
+
+@pytest.fixture
+def twin(twins: Twins) -> Twin:
+    """A client of the `twins` flavour, bound to `api`."""
+    return twins.make()

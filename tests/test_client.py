@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -35,20 +34,6 @@ from tests._twin import (
 from tests.conftest import API_KEY, SLUG, TOKEN
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["sync", "async"])
-async def twins(
-    request: pytest.FixtureRequest, api: respx.MockRouter, sleeps: list[float]
-) -> AsyncIterator[Twins]:
-    twins = Twins(request.param, sleeps)
-    yield twins
-    await twins.aclose()
-
-
-@pytest.fixture
-def twin(twins: Twins) -> Twin:
-    return twins.make()
 
 
 # -- the 0.1.0 README --------------------------------------------------------------------------

@@ -32,20 +32,6 @@ from tests.conftest import API_KEY, SLUG, TOKEN
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["sync", "async"])
-async def twins(
-    request: pytest.FixtureRequest, api: respx.MockRouter, sleeps: list[float]
-) -> AsyncIterator[Twins]:
-    twins = Twins(request.param, sleeps)
-    yield twins
-    await twins.aclose()
-
-
-@pytest.fixture
-def twin(twins: Twins) -> Twin:
-    return twins.make()
-
-
 # -- the request on the wire -------------------------------------------------------------------
 
 

@@ -5,7 +5,6 @@ Also when a failed charge `may_have_been_applied`. The pure policy is in test_re
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from functools import partial
 
@@ -49,20 +48,6 @@ FINAL_ERROR = {
     "429": RateLimitError,
     **{str(s): ServerError for s in (500, 502, 503, 504)},
 }
-
-
-@pytest.fixture(params=["sync", "async"])
-async def twins(
-    request: pytest.FixtureRequest, api: respx.MockRouter, sleeps: list[float]
-) -> AsyncIterator[Twins]:
-    twins = Twins(request.param, sleeps)
-    yield twins
-    await twins.aclose()
-
-
-@pytest.fixture
-def twin(twins: Twins) -> Twin:
-    return twins.make()
 
 
 def backoff_bounds(sleeps: list[float]) -> bool:
