@@ -43,7 +43,15 @@ _CHARGE_PATH = "/charge/authorize"
 class _SessionWait:
     """The clock of one wait_for_session call (pure: no I/O)."""
 
-    __slots__ = ("deadline", "interval", "last_error", "last_status", "timeout", "username")
+    __slots__ = (
+        "deadline",
+        "interval",
+        "last_error",
+        "last_status",
+        "poll_started",
+        "timeout",
+        "username",
+    )
 
     def __init__(self, username: str, poll_interval: object, timeout: object) -> None:
         self.username = username
@@ -51,6 +59,7 @@ class _SessionWait:
         self.deadline = None if self.timeout is None else time.monotonic() + self.timeout
         self.last_status: str | None = None
         self.last_error: KNAIError | None = None
+        self.poll_started = time.monotonic()
 
     def _expired(self, cause: BaseException | None = None) -> SessionWaitTimeoutError:
         error = SessionWaitTimeoutError(
@@ -61,8 +70,9 @@ class _SessionWait:
         return error
 
     def check(self) -> None:
-        """Raise SessionWaitTimeoutError once the deadline has passed."""
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        """Start a poll, or raise SessionWaitTimeoutError once the deadline has passed."""
+        self.poll_started = time.monotonic()
+        if self.deadline is not None and self.poll_started >= self.deadline:
             raise self._expired(self.last_error)
 
     def failed(self, exc: KNAIError, policy: RetryPolicy) -> None:
@@ -81,16 +91,18 @@ class _SessionWait:
         return session.is_active
 
     def pause(self) -> float:
-        """Seconds to sleep before the next poll: never past the deadline."""
-        # A server's Retry-After (on the failure being ridden out) outranks the interval.
-        interval = (
-            max(self.interval, self.last_error.retry_after or 0.0)
-            if self.last_error
-            else self.interval
-        )
-        if self.deadline is None:
-            return interval
-        return max(0.0, min(interval, self.deadline - time.monotonic()))
+        """Seconds to sleep before the next poll: never past the deadline.
+
+        Polls start every `poll_interval` (the request's own time is not added
+        to it); a server's Retry-After on a failure being ridden out outranks it.
+        """
+        now = time.monotonic()
+        pause = self.interval - (now - self.poll_started)
+        if self.last_error is not None:
+            pause = max(pause, self.last_error.retry_after or 0.0)
+        if self.deadline is not None:
+            pause = min(pause, self.deadline - now)
+        return max(0.0, pause)
 
 
 class _BaseProvider:
@@ -168,7 +180,7 @@ class _BaseProvider:
             "GET",
             _STATUS_PATH,
             {"provider_username": _args.check_username(provider_username)},
-            self._headers,
+            {},
             secrets=(self._api_key,),
         )
         return call, Session
@@ -188,7 +200,7 @@ class _BaseProvider:
             "POST",
             _CHARGE_PATH,
             None,
-            {**self._headers, "X-Session-Token": token, "Idempotency-Key": key},
+            {"X-Session-Token": token, "Idempotency-Key": key},
             json.dumps(body, separators=(",", ":")).encode(),
             idempotency_key=key,
             secrets=(self._api_key, token),
@@ -249,7 +261,7 @@ class KNAIProvider(_BaseProvider):
             raise TypeError("http_client must be an httpx.Client (use AsyncKNAIProvider for async)")
         self._owns_http = http_client is None
         http = http_client or httpx.Client(timeout=self.timeout, follow_redirects=False)
-        self._transport = SyncTransport(http, self.base_url, RetryPolicy())
+        self._transport = SyncTransport(http, self.base_url, RetryPolicy(), self._headers)
 
     def get_session(
         self,
@@ -423,7 +435,7 @@ class AsyncKNAIProvider(_BaseProvider):
             raise TypeError("http_client must be an httpx.AsyncClient (use KNAIProvider for sync)")
         self._owns_http = http_client is None
         http = http_client or httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
-        self._transport = AsyncTransport(http, self.base_url, RetryPolicy())
+        self._transport = AsyncTransport(http, self.base_url, RetryPolicy(), self._headers)
 
     async def get_session(
         self,

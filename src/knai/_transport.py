@@ -93,7 +93,7 @@ class Call:
     method: str
     path: str
     params: dict[str, str] | None
-    headers: dict[str, str]
+    headers: dict[str, str]  # this call's own, on top of the client's
     content: bytes | None = None
     idempotency_key: str | None = None
     # Values that must never reach a message or a log line.
@@ -326,9 +326,34 @@ def finish_error(call: Call, attempts: _Attempts, exc: KNAIError) -> KNAIError:
 
 
 class _TransportBase:
-    def __init__(self, base_url: str, policy: RetryPolicy) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        policy: RetryPolicy,
+        http: httpx.Client | httpx.AsyncClient,
+        headers: dict[str, str],
+    ) -> None:
         self.base_url = base_url
         self.policy = policy
+        # What httpx's build_request would redo on every call, done once: merge
+        # the httpx client's default headers (as they are now) under the SDK's,
+        # and parse each endpoint's URL.
+        ours = {name.lower() for name in headers}
+        self._headers = {k: v for k, v in http.headers.items() if k not in ours} | headers
+        self._urls: dict[str, httpx.URL] = {}
+
+    def _request(self, call: Call, timeout: httpx.Timeout) -> httpx.Request:
+        url = self._urls.get(call.path)
+        if url is None:
+            url = self._urls[call.path] = httpx.URL(self.base_url + call.path)
+        return httpx.Request(
+            call.method,
+            url,
+            params=call.params,
+            headers={**self._headers, **call.headers} if call.headers else self._headers,
+            content=call.content,
+            extensions={"timeout": timeout.as_dict()},
+        )
 
     def _parse(
         self,
@@ -352,8 +377,10 @@ class _TransportBase:
 class SyncTransport(_TransportBase):
     """Sends `Call`s over one pooled `httpx.Client`."""
 
-    def __init__(self, http: httpx.Client, base_url: str, policy: RetryPolicy) -> None:
-        super().__init__(base_url, policy)
+    def __init__(
+        self, http: httpx.Client, base_url: str, policy: RetryPolicy, headers: dict[str, str]
+    ) -> None:
+        super().__init__(base_url, policy, http, headers)
         self.http = http
 
     def send(
@@ -388,14 +415,7 @@ class SyncTransport(_TransportBase):
         self, call: Call, attempts: _Attempts, timeout: httpx.Timeout, deadline: float | None
     ) -> _Answer:
         attempts.count += 1
-        request = self.http.build_request(
-            call.method,
-            self.base_url + call.path,
-            params=call.params,
-            headers=call.headers,
-            content=call.content,
-            timeout=_attempt_timeout(timeout, deadline),
-        )
+        request = self._request(call, _attempt_timeout(timeout, deadline))
         body = _Body(_attempt_budget(timeout, deadline))
         with _MappedTransportErrors(call, attempts):
             response = self.http.send(request, stream=True, follow_redirects=False)
@@ -435,9 +455,10 @@ class AsyncTransport(_TransportBase):
         http: httpx.AsyncClient,
         base_url: str,
         policy: RetryPolicy,
+        headers: dict[str, str],
         max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
-        super().__init__(base_url, policy)
+        super().__init__(base_url, policy, http, headers)
         self.http = http
         # httpcore's async pool assigns requests to connections in time that
         # grows with the square of the requests it holds: past a handful in
@@ -476,14 +497,7 @@ class AsyncTransport(_TransportBase):
         self, call: Call, attempts: _Attempts, timeout: httpx.Timeout, deadline: float | None
     ) -> _Answer:
         attempts.count += 1
-        request = self.http.build_request(
-            call.method,
-            self.base_url + call.path,
-            params=call.params,
-            headers=call.headers,
-            content=call.content,
-            timeout=_attempt_timeout(timeout, deadline),
-        )
+        request = self._request(call, _attempt_timeout(timeout, deadline))
         body = _Body(_attempt_budget(timeout, deadline))
         await self._take_turn(request, body.until)
         try:
