@@ -349,3 +349,13 @@ def test_guessed_field_of_unexpected_type_is_none_but_kept_raw(
     model = _parse(cls, payload)
     assert getattr(model, field) is None
     assert model[field] == raw
+
+
+def test_validation_error_keeps_no_token_in_its_body_or_raw_bytes() -> None:
+    """Error trackers keep exceptions: a rejected payload's token is redacted from both."""
+    payload = {"status": 5, "session_token": TOKEN}
+    with pytest.raises(ResponseValidationError) as info:
+        _parse(Session, payload)
+    assert info.value.response_body == {"status": 5, "session_token": "<redacted>"}
+    assert TOKEN.encode() not in info.value.raw_body
+    assert b"<redacted>" in info.value.raw_body

@@ -205,7 +205,7 @@ BAD_SESSIONS = {
     "json-array": b'[{"status": "active"}]',
     "json-null": b"null",
     "status-not-a-string": b'{"status": 5}',
-    "no-status": b'{"session_token": "tok"}',
+    "no-status": b'{"session_token": ""}',
     "active-without-token": b'{"status": "active"}',
 }
 

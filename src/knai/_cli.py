@@ -18,10 +18,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _errors as errors
-from ._models import ChargeResult, Session, _redacted
+from ._redact import _redacted
+
+if TYPE_CHECKING:
+    from ._models import ChargeResult, Session
 
 # Most specific first: the first class an error is an instance of decides.
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (

@@ -360,7 +360,7 @@ class KNAIProvider(_BaseProvider):
 
         Raises:
             ValueError: An argument is malformed; nothing was sent.
-            InsufficientBalanceError: The wallet cannot cover it; nothing charged.
+            InsufficientBalanceError: The wallet refused it for lack of balance.
             SessionExpiredError: The session is expired, revoked or unknown.
             InvalidAPIKeyError: The key or slug was refused.
             APIConnectionError: No response after the retries; check
@@ -536,7 +536,7 @@ class AsyncKNAIProvider(_BaseProvider):
 
         Raises:
             ValueError: An argument is malformed; nothing was sent.
-            InsufficientBalanceError: The wallet cannot cover it; nothing charged.
+            InsufficientBalanceError: The wallet refused it for lack of balance.
             SessionExpiredError: The session is expired, revoked or unknown.
             APIConnectionError: No response after the retries; check
                 `exc.may_have_been_applied` and replay with `exc.idempotency_key`.

@@ -110,7 +110,7 @@ class InvalidAPIKeyError(KNAIError):
 
 
 class InsufficientBalanceError(KNAIError):
-    """The wallet cannot cover the charge (HTTP 402); nothing was charged."""
+    """The wallet cannot cover the charge (HTTP 402): this request was refused."""
 
     default_message = "Insufficient wallet balance"
 

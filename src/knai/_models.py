@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from ._errors import ResponseValidationError
+from ._redact import _redacted, secret_values
 from ._transport import ResponseMeta
 
 __all__ = ["ChargeResult", "Session", "parse_payload"]
@@ -46,23 +47,6 @@ def _none_if_invalid(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
 # Fields the real service does not document: typed when they parse, None when
 # they do not, and always available unchanged through the dict view.
 Lenient = Annotated[_T | None, WrapValidator(_none_if_invalid)]
-
-
-def _is_secret_key(key: str) -> bool:
-    # session_token, sessionToken, access-token, apiKey, client_secret, password...
-    key = key.lower().replace("_", "").replace("-", "")
-    return key.endswith("token") or any(w in key for w in ("secret", "apikey", "password"))
-
-
-def _redacted(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {
-            k: "<redacted>" if isinstance(k, str) and _is_secret_key(k) else _redacted(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_redacted(v) for v in value]
-    return value
 
 
 # Passed as validation context by the transport: the dict came from json.loads
@@ -237,10 +221,13 @@ def parse_payload(
     try:
         model = cls.model_validate(payload, context=_OWNED)
     except ValidationError as exc:
+        # The error outlives the call (error trackers keep it): no token in it.
+        for secret in secret_values(payload):
+            raw_body = raw_body.replace(secret.encode(), b"<redacted>")
         raise ResponseValidationError(
             f"invalid {cls.__name__} payload: {_describe(exc)}",
             meta.status_code,
-            payload,
+            _redacted(payload),
             raw_body=raw_body,
             request_id=meta.request_id,
             headers=meta.headers,

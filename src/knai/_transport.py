@@ -31,6 +31,7 @@ from ._errors import (
     ServerError,
     SessionExpiredError,
 )
+from ._redact import scrub
 from ._retry import RetryPolicy, parse_retry_after
 
 if TYPE_CHECKING:
@@ -44,9 +45,9 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 #: The protocol's payloads are tiny: a body larger than this is refused, not buffered.
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 _KEEP_RAW_BYTES = 64 * 1024
-_MAX_MESSAGE = 300
+_MAX_MESSAGE = 300  # an HTML error page is not a message
 #: Requests one AsyncKNAIProvider has on the wire at once; more wait their turn.
-MAX_IN_FLIGHT = 8  # an HTML error page is not a message
+MAX_IN_FLIGHT = 8
 
 _ModelT = TypeVar("_ModelT", bound="_Payload")
 
@@ -116,10 +117,15 @@ class _Attempts:
 
 
 def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    result: str = scrub(text, secrets)
+    return result
+
+
+def _scrub_bytes(raw: bytes, secrets: tuple[str, ...]) -> bytes:
     for secret in secrets:
-        if secret and secret in text:
-            text = text.replace(secret, "<redacted>")
-    return text
+        if secret:
+            raw = raw.replace(secret.encode(), b"<redacted>")
+    return raw
 
 
 def _attempt_timeout(timeout: httpx.Timeout, deadline: float | None) -> httpx.Timeout:
@@ -255,7 +261,7 @@ def error_from_response(call: Call, status: int, headers: httpx.Headers, body: b
     return cls(
         message,
         status,
-        parsed,
+        scrub(parsed, call.secrets),  # error trackers keep response_body: no secrets in it
         request_id=headers.get("x-request-id"),
         headers=headers,
         retry_after=parse_retry_after(headers.get("retry-after")),
@@ -306,7 +312,7 @@ def interpret(call: Call, attempts: _Attempts, response: httpx.Response, body: _
     raise ResponseValidationError(
         problem,
         status,
-        raw_body=content[:_KEEP_RAW_BYTES],
+        raw_body=_scrub_bytes(content[:_KEEP_RAW_BYTES], call.secrets),
         request_id=meta.request_id,
         headers=response.headers,
     ) from None
@@ -317,11 +323,11 @@ def finish_error(call: Call, attempts: _Attempts, exc: KNAIError) -> KNAIError:
     exc.attempts = attempts.count
     if call.is_charge:
         exc.idempotency_key = call.idempotency_key
-        # A 402 to this key is the wallet's decision on it: nothing was charged,
-        # even if an earlier attempt's answer was lost.
-        exc.may_have_been_applied = attempts.ambiguous and not isinstance(
-            exc, InsufficientBalanceError
-        )
+        # Even a final 402 leaves it open: the real service does not document
+        # honouring Idempotency-Key, so an earlier, lost attempt may have been
+        # applied. Replaying the key settles it (a wallet that honours keys
+        # answers the same 402 again).
+        exc.may_have_been_applied = attempts.ambiguous
     return exc
 
 

@@ -522,7 +522,7 @@ BODIES: dict[str, Body] = {
     "invalid-utf8": Body(b'{"status": "\xff\xfe"}'),
     "nested-100k-deep": Body(b"[" * 100_000),
     # The protocol documents no charge fields, so a charge accepts any object.
-    "missing-status": Body(b'{"session_token": "t", "charge_id": "ch_1"}', charge_ok=True),
+    "missing-status": Body(b'{"session_id": "s", "charge_id": "ch_1"}', charge_ok=True),
     "active-missing-session_token": Body(b'{"status": "active"}', charge_ok=True),
     "wrong-types": Body(
         b'{"status": 5, "session_token": 7, "charge_id": 5, "amount_tokens": "many"}',
