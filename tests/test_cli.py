@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -217,3 +218,16 @@ def test_missing_credentials_name_the_variable() -> None:
     )
     assert done.returncode == 2
     assert "KNAI_API_KEY" in _json(done.stderr)["error"]["message"]
+
+
+def test_demo_without_the_sandbox_extra_says_what_to_install(tmp_path: Path) -> None:
+    """With starlette/uvicorn unimportable, the command names the extra instead of a traceback."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import importlib.util as u\n"
+        "_find = u.find_spec\n"
+        "u.find_spec = lambda n, *a: None if n in ('starlette', 'uvicorn') else _find(n, *a)\n"
+    )
+    done = knai("demo", env={"PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 1
+    assert 'pip install "knai-provider[sandbox]"' in done.stderr
+    assert "Traceback" not in done.stderr

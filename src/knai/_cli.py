@@ -3,7 +3,7 @@
     knai demo                      the README flow against an embedded sandbox
     knai sandbox --port 8750       serve the sandbox wallet in the foreground
     knai session USER              one status poll (JSON)
-    knai wait USER --timeout 60    wait for an active session (JSON)
+    knai wait USER --wait-timeout 60  wait for an active session (JSON)
     knai charge --amount N --model M [--idempotency-key K]
 
 Credentials come from KNAI_API_KEY, KNAI_PROVIDER_SLUG and KNAI_BASE_URL (or
@@ -15,6 +15,7 @@ exit code per error class (see `knai --help`).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from collections.abc import Sequence
@@ -152,7 +153,15 @@ def _run_sandbox(host: str, port: int) -> int:
         print(f"  export KNAI_BASE_URL={url}")
         print(f"  export KNAI_API_KEY={DEMO_API_KEY}")
         print(f"  export KNAI_PROVIDER_SLUG={DEMO_PROVIDER_SLUG}")
-        print(f"wallet user {DEMO_USERNAME!r}; admin API under {url}/_sandbox/", flush=True)
+        print(f"wallet user {DEMO_USERNAME!r}; admin API under {url}/_sandbox/. Open a session:")
+        print(
+            f"  curl -s -X POST {url}/_sandbox/sessions -H 'Content-Type: application/json'"
+            f' -d \'{{"slug": "{DEMO_PROVIDER_SLUG}", "provider_username": "{DEMO_USERNAME}"}}\''
+        )
+        print(
+            "  (its session_token, as KNAI_SESSION_TOKEN, is what `knai charge` charges)",
+            flush=True,
+        )
 
     try:
         run_forever(host=host, port=port, on_ready=ready)
@@ -168,11 +177,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the `knai` command; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "demo":
-            from .testing._demo import run_demo
+        if args.command in ("demo", "sandbox"):
+            missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+            if missing:
+                print(
+                    f"knai {args.command} needs the sandbox extra ({', '.join(missing)} missing):"
+                    ' pip install "knai-provider[sandbox]"',
+                    file=sys.stderr,
+                )
+                return 1
+            if args.command == "demo":
+                from .testing._demo import run_demo
 
-            return run_demo(args.base_url)
-        if args.command == "sandbox":
+                return run_demo(args.base_url)
             return _run_sandbox(args.host, args.port)
         _emit(sys.stdout, _run_api(args))
     except (ValueError, errors.KNAIError) as exc:
