@@ -38,11 +38,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from knai import AsyncKNAIProvider, ChargeResult, KNAIError, KNAIProvider
 from knai.testing import Ledger, SandboxAdmin, serve
+from knai.testing.pytest_plugin import quick_retries
 
 SLUG = "soak-provider"
 API_KEY = "sk_test_soak_provider_key"
@@ -196,13 +197,6 @@ def outcome_of(charge: PlannedCharge, by: str, result: Any, error: BaseException
     return Outcome(charge, "crashed", by, error=f"{type(error).__name__}: {error}")
 
 
-def _quick(provider: KNAIProvider | AsyncKNAIProvider, backoff: float) -> None:
-    # As knai.testing.pytest_plugin.quick_retries does: short pauses keep the soak fast;
-    # a Retry-After the sandbox sends is still honoured.
-    transport = provider._transport
-    transport.policy = replace(transport.policy, initial_backoff=backoff, max_backoff=5 * backoff)
-
-
 class _Injector(threading.Thread):
     """Keeps about `fault_rate` of the charge requests faulty.
 
@@ -291,7 +285,7 @@ async def _run_tasks(
     deadline: float,
 ) -> None:
     async with AsyncKNAIProvider(API_KEY, SLUG, url, timeout=config.timeout) as provider:
-        _quick(provider, config.backoff)
+        quick_retries(provider, config.backoff)
 
         async def task() -> None:
             while time.monotonic() < deadline:
@@ -449,7 +443,7 @@ def run_soak(config: SoakConfig) -> SoakReport:
         injector = _Injector(running.url, config)
         injector.start()
         with KNAIProvider(API_KEY, SLUG, running.url, timeout=config.timeout) as provider:
-            _quick(provider, config.backoff)
+            quick_retries(provider, config.backoff)
             threads = _run_threads(provider, work, tokens, outcomes, deadline, config.threads)
             try:
                 asyncio.run(_run_tasks(running.url, config, work, tokens, outcomes, deadline))
@@ -470,7 +464,7 @@ def run_soak(config: SoakConfig) -> SoakReport:
         if planned and len(report.outcomes) < len(planned):
             report.discrepancies.append("the time limit ended the soak early")
         with KNAIProvider(API_KEY, SLUG, running.url, timeout=config.timeout) as settler:
-            _quick(settler, config.backoff)
+            quick_retries(settler, config.backoff)
             check(report, admin, settler, planned[: len(report.outcomes)], tokens)
     report.elapsed = time.monotonic() - started
     return report

@@ -68,23 +68,28 @@ def amounts(seed: int, count: int, ordinary_first: int) -> list[int]:
     ]
 
 
+def settle_key(tally: Tally, amount: int, exc: KNAIError) -> str | None:
+    """The key to replay an unknown outcome with; None once a refusal is recorded."""
+    if isinstance(exc, InsufficientBalanceError) and not exc.may_have_been_applied:
+        tally.refused.append((amount, exc))
+        return None
+    if not exc.may_have_been_applied or exc.idempotency_key is None:
+        raise exc
+    tally.settled.append(exc.idempotency_key)
+    return exc.idempotency_key
+
+
 def charge_sync(provider: KNAIProvider, token: str, amount: int, tally: Tally) -> None:
     """Charge once; if the retries run out on an unknown outcome, settle it with its key."""
     key = None
     while True:
         try:
-            result = provider.charge(token, amount, MODEL, idempotency_key=key)
-        except InsufficientBalanceError as exc:
-            tally.refused.append((amount, exc))
+            tally.charged.append(provider.charge(token, amount, MODEL, idempotency_key=key))
             return
         except KNAIError as exc:
-            if not exc.may_have_been_applied or exc.idempotency_key is None:
-                raise
-            key = exc.idempotency_key
-            tally.settled.append(key)
-            continue
-        tally.charged.append(result)
-        return
+            key = settle_key(tally, amount, exc)
+            if key is None:
+                return
 
 
 async def charge_async(provider: AsyncKNAIProvider, token: str, amount: int, tally: Tally) -> None:
@@ -92,18 +97,12 @@ async def charge_async(provider: AsyncKNAIProvider, token: str, amount: int, tal
     key = None
     while True:
         try:
-            result = await provider.charge(token, amount, MODEL, idempotency_key=key)
-        except InsufficientBalanceError as exc:
-            tally.refused.append((amount, exc))
+            tally.charged.append(await provider.charge(token, amount, MODEL, idempotency_key=key))
             return
         except KNAIError as exc:
-            if not exc.may_have_been_applied or exc.idempotency_key is None:
-                raise
-            key = exc.idempotency_key
-            tally.settled.append(key)
-            continue
-        tally.charged.append(result)
-        return
+            key = settle_key(tally, amount, exc)
+            if key is None:
+                return
 
 
 def check_wallet(admin: SandboxAdmin, tally: Tally) -> None:

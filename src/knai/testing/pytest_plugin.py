@@ -37,10 +37,13 @@ if TYPE_CHECKING:
     from knai.testing import RunningSandbox, Sandbox
 
 
-def quick_retries(provider: KNAIProvider | AsyncKNAIProvider) -> None:
-    """Shorten a provider's retry backoff to milliseconds (for tests only)."""
+def quick_retries(provider: KNAIProvider | AsyncKNAIProvider, backoff: float = 0.005) -> None:
+    """Shorten a provider's retry backoff to `backoff` seconds, growing to 4x (tests only).
+
+    A `Retry-After` the server sends is still honoured.
+    """
     transport = provider._transport
-    transport.policy = replace(transport.policy, initial_backoff=0.005, max_backoff=0.02)
+    transport.policy = replace(transport.policy, initial_backoff=backoff, max_backoff=4 * backoff)
 
 
 @pytest.fixture
