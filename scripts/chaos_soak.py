@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from knai import AsyncKNAIProvider, ChargeResult, KNAIError, KNAIProvider
-from knai.testing import Ledger, SandboxAdmin, serve
+from knai.testing import Fault, Ledger, SandboxAdmin, serve
 from knai.testing.pytest_plugin import quick_retries
 
 SLUG = "soak-provider"
@@ -200,14 +200,16 @@ def outcome_of(charge: PlannedCharge, by: str, result: Any, error: BaseException
 class _Injector(threading.Thread):
     """Keeps about `fault_rate` of the charge requests faulty.
 
-    It polls the sandbox's request counters and tops the fault queue up to the
-    rate, a few faults at most at a time, so faults stay spread over the run
-    instead of striking in one burst.
+    It watches the sandbox's request counters and tops the fault queue up to
+    the rate, a few faults at most at a time, so faults stay spread over the
+    run instead of striking in one burst. It works on the ledger's fault plan
+    in-process: over HTTP its calls would queue behind the very traffic they
+    are meant to disrupt, and fall behind it.
     """
 
-    def __init__(self, url: str, config: SoakConfig) -> None:
+    def __init__(self, ledger: Ledger, config: SoakConfig) -> None:
         super().__init__(name="soak-fault-injector", daemon=True)
-        self.url = url
+        self.faults = ledger.faults
         self.config = config
         self.rng = random.Random(config.seed + 1)
         self.stop = threading.Event()
@@ -217,29 +219,29 @@ class _Injector(threading.Thread):
     def run(self) -> None:
         deadline = time.monotonic() + self.config.time_limit + 60
         try:
-            with SandboxAdmin(self.url) as admin:
-                while not self.stop.is_set() and time.monotonic() < deadline:
-                    stats = admin.stats()
-                    queued = sum(self.queued.values())
-                    pending = queued - stats.faults_fired["charge"]
-                    # One request ahead, so the next request can be struck.
-                    wanted = math.ceil(self.config.fault_rate * (stats.requests["charge"] + 1))
-                    for _ in range(min(wanted - queued, _MAX_PENDING - pending)):
-                        self._inject(admin)
-                    self.stop.wait(0.002)
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                stats = self.faults.stats()
+                queued = sum(self.queued.values())
+                pending = queued - stats.faults_fired["charge"]
+                # One request ahead, so the next request can be struck.
+                wanted = math.ceil(self.config.fault_rate * (stats.requests["charge"] + 1))
+                for _ in range(min(wanted - queued, _MAX_PENDING - pending)):
+                    self._inject()
+                self.stop.wait(0.002)
         except BaseException as exc:  # reported as a discrepancy, never swallowed
             self.failure = exc
 
-    def _inject(self, admin: SandboxAdmin) -> None:
+    def _inject(self) -> None:
         kind = self.rng.choice(FAULT_KINDS)
         if kind.startswith("status-"):
-            retry_after = self.rng.choice((None, 0))
-            admin.inject_fault("charge", status=int(kind[7:]), retry_after=retry_after)
+            retry_after = self.rng.choice((None, "0"))
+            fault = Fault(status=int(kind[7:]), retry_after=retry_after)
             kind += "" if retry_after is None else "+retry-after-0"
         elif kind == "delay":
-            admin.inject_fault("charge", delay=self.config.delay)
+            fault = Fault(delay=self.config.delay)
         else:
-            admin.inject_fault("charge", drop="before" if kind == "drop-before" else "after")
+            fault = Fault(drop="before" if kind == "drop-before" else "after")
+        self.faults.add("charge", fault)
         self.queued[kind] += 1
 
 
@@ -440,7 +442,7 @@ def run_soak(config: SoakConfig) -> SoakReport:
             work.put(charge)
         outcomes: list[Outcome] = []  # list.append is atomic: threads and tasks share it
         deadline = time.monotonic() + config.time_limit
-        injector = _Injector(running.url, config)
+        injector = _Injector(running.ledger, config)
         injector.start()
         with KNAIProvider(API_KEY, SLUG, running.url, timeout=config.timeout) as provider:
             quick_retries(provider, config.backoff)

@@ -20,6 +20,7 @@ import httpx
 
 from . import _args
 from ._errors import KNAIError, SessionWaitTimeoutError
+from ._lanes import MAX_IN_FLIGHT_SHARED, Lanes, owned_lanes
 from ._retry import RetryPolicy
 from ._transport import DEFAULT_TIMEOUT, AsyncTransport, Call, SyncTransport
 from ._version import __version__
@@ -434,8 +435,12 @@ class AsyncKNAIProvider(_BaseProvider):
         if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
             raise TypeError("http_client must be an httpx.AsyncClient (use KNAIProvider for sync)")
         self._owns_http = http_client is None
-        http = http_client or httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
-        self._transport = AsyncTransport(http, self.base_url, RetryPolicy(), self._headers)
+        lanes = (
+            owned_lanes(self.timeout)
+            if http_client is None
+            else Lanes(http_client, MAX_IN_FLIGHT_SHARED)
+        )
+        self._transport = AsyncTransport(lanes, self.base_url, RetryPolicy(), self._headers)
 
     async def get_session(
         self,
@@ -551,7 +556,7 @@ class AsyncKNAIProvider(_BaseProvider):
     async def aclose(self) -> None:
         """Close the connection pool (unless it was passed in or shared)."""
         if self._owns_http:
-            await self._transport.http.aclose()
+            await self._transport.aclose()
 
     async def __aenter__(self) -> Self:
         return self

@@ -8,10 +8,8 @@ only in `await`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import sys
 import time
 import zlib
 from collections.abc import Mapping
@@ -35,6 +33,7 @@ from ._redact import scrub
 from ._retry import RetryPolicy, parse_retry_after
 
 if TYPE_CHECKING:
+    from ._lanes import Lanes
     from ._models import _Payload
 
 __all__ = ["DEFAULT_TIMEOUT", "AsyncTransport", "Call", "ResponseMeta", "SyncTransport"]
@@ -46,8 +45,6 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 _KEEP_RAW_BYTES = 64 * 1024
 _MAX_MESSAGE = 300  # an HTML error page is not a message
-#: Requests one AsyncKNAIProvider has on the wire at once; more wait their turn.
-MAX_IN_FLIGHT = 8
 
 _ModelT = TypeVar("_ModelT", bound="_Payload")
 
@@ -436,41 +433,21 @@ class SyncTransport(_TransportBase):
         return interpret(call, attempts, response, body)
 
 
-async def _acquire_within(semaphore: asyncio.Semaphore, seconds: float) -> bool:
-    """Acquire within `seconds`; False if it timed out (nothing is then held)."""
-    if sys.version_info >= (3, 11):
-        # Cancels this task at the deadline: no extra task per waiter, as wait_for makes.
-        try:
-            async with asyncio.timeout(seconds):
-                await semaphore.acquire()
-        except TimeoutError:
-            return False
-        return True
-    try:
-        await asyncio.wait_for(semaphore.acquire(), seconds)
-    except asyncio.TimeoutError:
-        return False
-    return True
-
-
 class AsyncTransport(_TransportBase):
     """Sends `Call`s over one pooled `httpx.AsyncClient`."""
 
     def __init__(
-        self,
-        http: httpx.AsyncClient,
-        base_url: str,
-        policy: RetryPolicy,
-        headers: dict[str, str],
-        max_in_flight: int = MAX_IN_FLIGHT,
+        self, lanes: Lanes, base_url: str, policy: RetryPolicy, headers: dict[str, str]
     ) -> None:
-        super().__init__(base_url, policy, http, headers)
-        self.http = http
-        # httpcore's async pool assigns requests to connections in time that
-        # grows with the square of the requests it holds: past a handful in
-        # flight, throughput collapses (benchmarks/RESULTS.md). Requests beyond
-        # this many wait here, in a FIFO queue that costs nothing per waiter.
-        self._in_flight = asyncio.Semaphore(max_in_flight)
+        super().__init__(base_url, policy, lanes.first, headers)
+        self.http = lanes.first
+        # One pool of many connections slows as concurrency grows: each request
+        # takes a lane (a client of one connection) instead. See `_lanes`.
+        self.lanes = lanes
+
+    async def aclose(self) -> None:
+        """Close the lanes the SDK made (a caller's own client is left open)."""
+        await self.lanes.aclose()
 
     async def send(
         self,
@@ -505,10 +482,10 @@ class AsyncTransport(_TransportBase):
         attempts.count += 1
         request = self._request(call, _attempt_timeout(timeout, deadline))
         body = _Body(_attempt_budget(timeout, deadline))
-        await self._take_turn(request, body.until)
+        lane = await self._take_lane(request, body.until)
         try:
             with _MappedTransportErrors(call, attempts):
-                response = await self.http.send(request, stream=True, follow_redirects=False)
+                response = await lane.send(request, stream=True, follow_redirects=False)
                 try:
                     async for chunk in response.aiter_raw():
                         if not body.feed(chunk):
@@ -518,19 +495,18 @@ class AsyncTransport(_TransportBase):
                 finally:
                     await response.aclose()
         finally:
-            self._in_flight.release()
+            self.lanes.give(lane)
         return interpret(call, attempts, response, body)
 
-    async def _take_turn(self, request: httpx.Request, until: float) -> None:
-        """Wait for one of the MAX_IN_FLIGHT places, no longer than the pool timeout."""
-        if not self._in_flight.locked():
-            await self._in_flight.acquire()
-            return
+    async def _take_lane(self, request: httpx.Request, until: float) -> httpx.AsyncClient:
+        """A free lane, waiting no longer than the pool timeout and the attempt's budget."""
         pool = request.extensions.get("timeout", {}).get("pool")
         limit = until - time.monotonic() if pool is None else min(pool, until - time.monotonic())
-        if not await _acquire_within(self._in_flight, max(0.0, limit)):
+        lane = await self.lanes.take(limit)
+        if lane is None:
             # Nothing was sent: a definite failure, safe to retry.
             raise APITimeoutError(
                 f"no free connection slot within the pool timeout for {request.method}"
                 f" {request.url.path}"
             ) from None
+        return lane

@@ -740,9 +740,9 @@ async def test_wait_without_a_timeout_raises_a_persistent_503_once_retries_are_s
 
 
 def busy_connections(provider: AsyncKNAIProvider) -> list[Any]:
-    """The httpcore connections of the provider's pool that are not idle."""
-    pool = provider._transport.http._transport._pool  # type: ignore[attr-defined]
-    return [c for c in pool.connections if not c.is_idle()]
+    """The httpcore connections of the provider's lanes that are not idle."""
+    pools = [lane._transport._pool for lane in provider._transport.lanes.clients]  # type: ignore[attr-defined]
+    return [c for pool in pools for c in pool.connections if not c.is_idle()]
 
 
 async def cancel(task: asyncio.Task[Any]) -> float:

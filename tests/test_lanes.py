@@ -1,0 +1,265 @@
+"""The async client's connection lanes: one connection per lane, a cap, a fair queue.
+
+Unit tests drive `Lanes` directly; the rest run `AsyncKNAIProvider` against a
+loopback server that holds every request until released, so what is on the
+wire at once is counted on the server's side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from knai import APITimeoutError, AsyncKNAIProvider
+from knai._lanes import MAX_CONNECTIONS, MAX_IN_FLIGHT_SHARED, Lanes
+from tests._twin import CHARGED
+from tests.conftest import API_KEY, SLUG, TOKEN
+from tests.reliability._rogue import Action, Reply, RogueServer
+
+pytestmark = pytest.mark.anyio
+
+
+def lanes(size: int, made: list[httpx.AsyncClient] | None = None) -> Lanes:
+    """Lanes over mock clients (nothing is sent); `made` collects every client made."""
+    made = made if made is not None else []
+
+    def make() -> httpx.AsyncClient:
+        made.append(httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200))))
+        return made[-1]
+
+    return Lanes(make(), size, make)
+
+
+# -- Lanes on its own ---------------------------------------------------------------------------
+
+
+async def test_lanes_are_made_only_when_all_are_busy_and_never_beyond_the_size() -> None:
+    made: list[httpx.AsyncClient] = []
+    pool = lanes(3, made)
+    first = await pool.take(1.0)
+    pool.give(first)  # type: ignore[arg-type]
+    assert await pool.take(1.0) is first  # reused, not a second lane
+    taken = [first, await pool.take(1.0), await pool.take(1.0)]
+    assert len(made) == 3
+    assert len({id(lane) for lane in taken}) == 3
+    assert await pool.take(0.01) is None  # the fourth would exceed the size
+    assert len(made) == 3
+    await pool.aclose()
+
+
+async def test_the_most_recently_freed_lane_is_taken_first() -> None:
+    pool = lanes(3)
+    a, b = await pool.take(1.0), await pool.take(1.0)
+    assert a is not None
+    assert b is not None
+    pool.give(a)
+    pool.give(b)
+    assert await pool.take(1.0) is b  # its connection is the warmest
+    await pool.aclose()
+
+
+async def test_waiters_are_served_in_arrival_order() -> None:
+    pool = lanes(1)
+    held = await pool.take(1.0)
+    assert held is not None
+    order: list[int] = []
+
+    async def wait(n: int) -> None:
+        lane = await pool.take(5.0)
+        assert lane is held
+        order.append(n)
+        pool.give(lane)
+
+    waiting = [asyncio.create_task(wait(n)) for n in range(5)]
+    await asyncio.sleep(0.01)  # all five queue up
+    pool.give(held)
+    await asyncio.gather(*waiting)
+    assert order == [0, 1, 2, 3, 4]
+    await pool.aclose()
+
+
+async def test_a_wait_that_times_out_returns_none_and_leaves_no_waiter_behind() -> None:
+    pool = lanes(1)
+    held = await pool.take(1.0)
+    assert held is not None
+    started = time.monotonic()
+    assert await pool.take(0.05) is None
+    assert 0.04 <= time.monotonic() - started < 1.0
+    pool.give(held)
+    assert await pool.take(0.0) is held  # freed to the list, not to the gone waiter
+    await pool.aclose()
+
+
+async def test_a_cancelled_waiter_loses_no_lane() -> None:
+    pool = lanes(1)
+    held = await pool.take(1.0)
+    assert held is not None
+    waiter = asyncio.create_task(pool.take(5.0))
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    pool.give(held)
+    assert await pool.take(0.0) is held
+    await pool.aclose()
+
+
+async def test_a_waiter_cancelled_just_after_being_handed_a_lane_passes_it_on() -> None:
+    pool = lanes(1)
+    held = await pool.take(1.0)
+    assert held is not None
+    first = asyncio.create_task(pool.take(5.0))
+    second = asyncio.create_task(pool.take(5.0))
+    await asyncio.sleep(0.01)
+    pool.give(held)  # handed to `first`, which has not run yet...
+    first.cancel()  # ...and is cancelled before it does
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await asyncio.wait_for(second, 1.0) is held
+    await pool.aclose()
+
+
+async def test_closing_closes_every_lane_made_and_never_a_callers_client() -> None:
+    made: list[httpx.AsyncClient] = []
+    pool = lanes(4, made)
+    taken = [await pool.take(1.0) for _ in range(3)]
+    for lane in taken:
+        pool.give(lane)  # type: ignore[arg-type]
+    await pool.aclose()
+    assert len(made) == 3
+    assert all(client.is_closed for client in made)
+
+    callers = httpx.AsyncClient()
+    shared = Lanes(callers, 2)
+    assert await shared.take(1.0) is callers
+    assert await shared.take(1.0) is callers
+    assert await shared.take(0.01) is None  # the cap holds for a caller's client too
+    await shared.aclose()
+    assert not callers.is_closed
+    await callers.aclose()
+
+
+# -- over loopback ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Held(Action):
+    """Answer only once `release` is set (or after 10 s)."""
+
+    release: threading.Event
+    answer: Reply
+
+    def perform(self, conn: socket.socket, server: RogueServer) -> bool:
+        self.release.wait(10.0)
+        return self.answer.perform(conn, server)
+
+
+@pytest.fixture
+def held() -> Iterator[tuple[RogueServer, threading.Event]]:
+    release = threading.Event()
+    with RogueServer(Held(release, Reply(200, CHARGED))) as server:
+        yield server, release
+        release.set()
+
+
+async def crowd(provider: AsyncKNAIProvider, n: int) -> list[Any]:
+    return await asyncio.gather(
+        *(provider.charge(TOKEN, 1500, "gpt-4") for _ in range(n)), return_exceptions=True
+    )
+
+
+async def on_the_wire(server: RogueServer, expected: int) -> int:
+    """Requests the server holds once the count settles at `expected` (or 3 s pass)."""
+    await asyncio.to_thread(server.wait_until, lambda: server.count >= expected)
+    await asyncio.sleep(0.1)  # would anything more arrive?
+    return server.count
+
+
+async def test_the_sdks_own_pool_opens_at_most_max_connections_and_reuses_them(
+    held: tuple[RogueServer, threading.Event],
+) -> None:
+    server, release = held
+    n = MAX_CONNECTIONS + 8
+    async with AsyncKNAIProvider(API_KEY, SLUG, server.url) as provider:
+        everyone = asyncio.ensure_future(crowd(provider, n))
+        assert await on_the_wire(server, MAX_CONNECTIONS) == MAX_CONNECTIONS
+        release.set()
+        results = await everyone
+        assert [r.charge_id for r in results] == ["ch_1"] * n
+        assert server.count == n
+        assert server.connections == MAX_CONNECTIONS  # the last 8 went over warm lanes
+        # A second burst opens nothing new.
+        assert len(await crowd(provider, n)) == n
+        assert server.connections == MAX_CONNECTIONS
+        # The idempotency keys stayed one per charge.
+        assert len(set(server.header_values("Idempotency-Key"))) == 2 * n
+        made = provider._transport.lanes.clients
+        assert len(made) == MAX_CONNECTIONS
+        assert not any(lane.is_closed for lane in made)
+    assert all(lane.is_closed for lane in made)  # leaving the block closed every lane
+    assert await asyncio.to_thread(server.wait_until, lambda: server.open_connections == 0)
+
+
+async def test_a_callers_own_client_gets_at_most_8_requests_at_once(
+    held: tuple[RogueServer, threading.Event],
+) -> None:
+    server, release = held
+    async with httpx.AsyncClient() as mine:
+        provider = AsyncKNAIProvider(API_KEY, SLUG, server.url, http_client=mine)
+        everyone = asyncio.ensure_future(crowd(provider, 20))
+        assert await on_the_wire(server, MAX_IN_FLIGHT_SHARED) == MAX_IN_FLIGHT_SHARED
+        release.set()
+        assert [r.charge_id for r in await everyone] == ["ch_1"] * 20
+        await provider.aclose()
+        assert not mine.is_closed
+
+
+async def test_a_charge_that_finds_no_free_lane_in_the_pool_timeout_is_not_sent(
+    held: tuple[RogueServer, threading.Event],
+) -> None:
+    server, release = held
+    async with AsyncKNAIProvider(API_KEY, SLUG, server.url) as provider:
+        everyone = asyncio.ensure_future(crowd(provider, MAX_CONNECTIONS))
+        assert await on_the_wire(server, MAX_CONNECTIONS) == MAX_CONNECTIONS
+        started = time.monotonic()
+        with pytest.raises(APITimeoutError) as caught:
+            await provider.charge(
+                TOKEN, 1500, "gpt-4", timeout=httpx.Timeout(5.0, pool=0.2), max_retries=0
+            )
+        assert 0.15 < time.monotonic() - started < 2.0
+        assert caught.value.may_have_been_applied is False
+        assert "no free connection" in str(caught.value)
+        assert server.count == MAX_CONNECTIONS  # nothing more reached the server
+        release.set()
+        assert len(await everyone) == MAX_CONNECTIONS
+
+
+async def test_cancelling_charges_that_wait_for_a_lane_frees_nothing_twice(
+    held: tuple[RogueServer, threading.Event],
+) -> None:
+    server, release = held
+    async with AsyncKNAIProvider(API_KEY, SLUG, server.url) as provider:
+        busy = asyncio.ensure_future(crowd(provider, MAX_CONNECTIONS))
+        assert await on_the_wire(server, MAX_CONNECTIONS) == MAX_CONNECTIONS
+        queued = [asyncio.ensure_future(provider.charge(TOKEN, 1, "gpt-4")) for _ in range(5)]
+        await asyncio.sleep(0.02)
+        for task in queued:
+            task.cancel()
+        await asyncio.gather(*queued, return_exceptions=True)
+        release.set()
+        await busy
+        # Every lane came back: a full crowd again runs at once on the same connections.
+        release.clear()
+        again = asyncio.ensure_future(crowd(provider, MAX_CONNECTIONS))
+        assert await on_the_wire(server, 2 * MAX_CONNECTIONS) == 2 * MAX_CONNECTIONS
+        release.set()
+        await again
+        assert server.connections == MAX_CONNECTIONS
