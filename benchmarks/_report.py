@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from _measure import Sample
+from _variants import ASYNC_LABELS
 
 HERE = Path(__file__).resolve().parent
 SYNC_LABELS = {
@@ -114,7 +115,7 @@ def _async_rows(samples: dict[tuple[str, int], list[Sample]]) -> list[list[str]]
     base = min(level for _, level in samples)
     return [
         [
-            "knai AsyncKNAIProvider" if name == "ours" else "raw httpx.AsyncClient",
+            ASYNC_LABELS[name],
             str(level),
             f"{median(rate[(name, level)]):.0f}",
             f"{median([s.cpu_us for s in ss]):.0f}",
@@ -126,6 +127,11 @@ def _async_rows(samples: dict[tuple[str, int], list[Sample]]) -> list[list[str]]
     ]
 
 
+_CHART_LABELS = {
+    "ours": "knai Async",
+    "ours-own-client": "knai Async, own httpx client",
+    "httpx": "raw httpx Async",
+}
 _ASYNC_HEADER = ["async charge", "tasks", "calls/s", "client CPU µs/call", "server CPU µs/call"]
 _ASYNC_HEADER += ["vs own 1-task", "rounds x calls"]
 
@@ -399,7 +405,7 @@ def chart(report: Report, path: Path) -> bool:
             width = 0.8 / len(names)
             for i, name in enumerate(names):
                 xs = [j + i * width for j in range(len(levels))]
-                label = "knai Async" if name == "ours" else "raw httpx Async"
+                label = _CHART_LABELS[name]
                 ax.bar(xs, [data.get((name, lv), 0) for lv in levels], width, label=label)
             ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(levels))])
             ax.set_xticklabels([f"{lv} tasks" for lv in levels])

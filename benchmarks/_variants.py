@@ -159,6 +159,21 @@ def async_ours(url: str) -> AsyncVariant:
     return AsyncVariant("ours", call, provider.aclose)
 
 
+def async_ours_own_client(url: str) -> AsyncVariant:
+    """Ours over a caller's own httpx.AsyncClient: one httpcore pool, 8 requests in flight."""
+    own = httpx.AsyncClient()
+    provider = knai.AsyncKNAIProvider(API_KEY, SLUG, url, http_client=own)
+
+    async def call() -> Any:
+        return await provider.charge(SESSION_TOKEN, AMOUNT, MODEL)
+
+    async def close() -> None:
+        await provider.aclose()
+        await own.aclose()
+
+    return AsyncVariant("ours-own-client", call, close)
+
+
 def async_raw_httpx(url: str) -> AsyncVariant:
     client = httpx.AsyncClient()
     target, template = url + CHARGE_PATH, sdk_headers(url)
@@ -175,7 +190,13 @@ def async_raw_httpx(url: str) -> AsyncVariant:
 
 ASYNC_FACTORIES: dict[str, Callable[[str], AsyncVariant]] = {
     "ours": async_ours,
+    "ours-own-client": async_ours_own_client,
     "httpx": async_raw_httpx,
+}
+ASYNC_LABELS = {
+    "ours": "knai AsyncKNAIProvider",
+    "ours-own-client": "knai AsyncKNAIProvider, http_client=your own AsyncClient",
+    "httpx": "raw httpx.AsyncClient",
 }
 
 

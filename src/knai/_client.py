@@ -392,7 +392,9 @@ class AsyncKNAIProvider(_BaseProvider):
     """The asyncio KNAI Wallet client: `KNAIProvider`'s surface, awaited.
 
     Use it as `async with AsyncKNAIProvider(...) as provider:` or call
-    `await provider.aclose()`; it is never closed behind your back.
+    `await provider.aclose()`; it is never closed behind your back. Share one
+    client between tasks: it opens up to 32 keep-alive connections as
+    concurrency needs them, and further calls wait their turn.
 
     Args:
         provider_api_key: Your provider API key (secret). Defaults to `KNAI_API_KEY`.
@@ -401,7 +403,8 @@ class AsyncKNAIProvider(_BaseProvider):
             `https://api.conx.ai`. Must be https unless the host is loopback.
         timeout: Per-attempt HTTP timeout: seconds or an `httpx.Timeout`.
         max_retries: Retries of transient failures per call (default 2).
-        http_client: Your own `httpx.AsyncClient`; the SDK does not close it.
+        http_client: Your own `httpx.AsyncClient`; the SDK does not close it
+            and keeps at most 8 requests in flight through it.
         default_headers: Extra headers sent with every request.
 
     Raises:
