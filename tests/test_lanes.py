@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from knai import APITimeoutError, AsyncKNAIProvider
+from knai import APITimeoutError, AsyncKNAIProvider, KNAIProvider
 from knai._lanes import MAX_CONNECTIONS, MAX_IN_FLIGHT_SHARED, Lanes
-from tests._twin import CHARGED
+from tests._twin import CHARGED, Twin
 from tests.conftest import API_KEY, SLUG, TOKEN
 from tests.reliability._rogue import Action, Reply, RogueServer
 
@@ -263,3 +263,22 @@ async def test_cancelling_charges_that_wait_for_a_lane_frees_nothing_twice(
         release.set()
         await again
         assert server.connections == MAX_CONNECTIONS
+
+
+@pytest.mark.parametrize("cls", [KNAIProvider, AsyncKNAIProvider])
+async def test_every_connection_uses_a_proxy_from_the_environment_as_httpx_does(
+    cls: type[KNAIProvider | AsyncKNAIProvider], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    release = threading.Event()
+    release.set()  # answers at once; concurrent async charges still overlap on the wire
+    with RogueServer(Held(release, Reply(200, CHARGED))) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        twin = Twin(cls(API_KEY, SLUG, "http://127.0.0.1:9"))  # nothing listens on port 9
+        results = await asyncio.gather(*(twin.charge(TOKEN, 1500, "gpt-4") for _ in range(6)))
+        await twin.close()
+    assert [r.charge_id for r in results] == ["ch_1"] * 6
+    assert [r.target for r in proxy.requests] == ["http://127.0.0.1:9/charge/authorize"] * 6
+    if isinstance(twin.provider, AsyncKNAIProvider):
+        assert len(twin.provider._transport.lanes.clients) == 6  # each lane found the proxy
