@@ -1,22 +1,28 @@
-"""Memory soak, run in its own process: RSS and open fds as sync charges pile up.
+"""Memory soak, run in its own process: RSS and open fds as charges pile up.
 
     python benchmarks/_memory.py URL VARIANT WARMUP CALLS
 
-Charges `CALLS` times in all with one sync client and prints one JSON line: the
+Charges `CALLS` times in all with one client and prints one JSON line: the
 checkpoints (after `WARMUP` calls, then at a quarter, half and all of them)
-with VmRSS (KiB, from /proc/self/status) and the number of open fds. Nothing
-else runs in the process, so nothing else grows its memory.
+with VmRSS (KiB, from /proc/self/status) and the number of open fds. VARIANT
+is a sync variant's name, or ``async:`` and an async one's, which charges from
+64 concurrent tasks sharing the client. Nothing else runs in the process, so
+nothing else grows its memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
 import sys
 import time
 
-from _variants import SYNC_FACTORIES
+from _variants import ASYNC_FACTORIES, SYNC_FACTORIES
+
+ASYNC_PREFIX = "async:"
+ASYNC_TASKS = 64
 
 
 def _rss_kib() -> int:
@@ -31,25 +37,48 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def main(url: str, variant_name: str, warmup: int, calls: int) -> None:
-    variant = SYNC_FACTORIES[variant_name](url)
-    marks = sorted({warmup, max(warmup, calls // 4), max(warmup, calls // 2), calls})
-    checkpoints = []
-    done = 0
-    started = time.perf_counter()
+def _checkpoint(done: int) -> dict[str, int]:
+    gc_objects = len(gc.get_objects())
+    return {"calls": done, "rss_kib": _rss_kib(), "fds": _fds(), "gc_objects": gc_objects}
+
+
+def _sync_soak(url: str, name: str, marks: list[int]) -> list[dict[str, int]]:
+    variant = SYNC_FACTORIES[name](url)
+    checkpoints, done = [], 0
     for mark in marks:
         while done < mark:
             variant.call()
             done += 1
-        checkpoints.append(
-            {
-                "calls": done,
-                "rss_kib": _rss_kib(),
-                "fds": _fds(),
-                "gc_objects": len(gc.get_objects()),
-            }
-        )
+        checkpoints.append(_checkpoint(done))
     variant.close()
+    return checkpoints
+
+
+async def _async_soak(url: str, name: str, marks: list[int]) -> list[dict[str, int]]:
+    variant = ASYNC_FACTORIES[name](url)
+    checkpoints, done = [], 0
+
+    async def worker(until: int) -> None:
+        nonlocal done
+        while done < until:
+            done += 1
+            await variant.call()
+
+    for mark in marks:
+        await asyncio.gather(*(worker(mark) for _ in range(ASYNC_TASKS)))
+        checkpoints.append(_checkpoint(done))
+    await variant.close()
+    return checkpoints
+
+
+def main(url: str, variant_name: str, warmup: int, calls: int) -> None:
+    marks = sorted({warmup, max(warmup, calls // 4), max(warmup, calls // 2), calls})
+    started = time.perf_counter()
+    if variant_name.startswith(ASYNC_PREFIX):
+        name = variant_name.removeprefix(ASYNC_PREFIX)
+        checkpoints = asyncio.run(_async_soak(url, name, marks))
+    else:
+        checkpoints = _sync_soak(url, variant_name, marks)
     elapsed = time.perf_counter() - started
     print(json.dumps({"variant": variant_name, "checkpoints": checkpoints, "seconds": elapsed}))
 

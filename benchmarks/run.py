@@ -144,7 +144,7 @@ def main() -> int:
             _report.async_section(report, async_samples)
         if "memory" not in args.skip:
             results = []
-            for name in ("ours", "httpx"):
+            for name in ("ours", "httpx", "async:ours"):
                 print(f"[memory] {name}: {settings['memory_calls']:,} charges", flush=True)
                 results.append(
                     _measure.memory(server.url, name, MEMORY_WARMUP, settings["memory_calls"])

@@ -20,6 +20,7 @@ import pytest
 
 from knai import APITimeoutError, AsyncKNAIProvider, KNAIProvider
 from knai._lanes import MAX_CONNECTIONS, MAX_IN_FLIGHT_SHARED, Lanes
+from knai.testing.pytest_plugin import quick_retries
 from tests._twin import CHARGED, Twin
 from tests.conftest import API_KEY, SLUG, TOKEN
 from tests.reliability._rogue import Action, Reply, RogueServer
@@ -27,31 +28,25 @@ from tests.reliability._rogue import Action, Reply, RogueServer
 pytestmark = pytest.mark.anyio
 
 
-def lanes(size: int, made: list[httpx.AsyncClient] | None = None) -> Lanes:
-    """Lanes over mock clients (nothing is sent); `made` collects every client made."""
-    made = made if made is not None else []
-
-    def make() -> httpx.AsyncClient:
-        made.append(httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200))))
-        return made[-1]
-
-    return Lanes(make(), size, make)
+def lanes(size: int) -> Lanes:
+    """Owned lanes over mock clients (nothing is sent)."""
+    return Lanes(
+        [
+            httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+            for _ in range(size)
+        ],
+        owned=True,
+    )
 
 
 # -- Lanes on its own ---------------------------------------------------------------------------
 
 
-async def test_lanes_are_made_only_when_all_are_busy_and_never_beyond_the_size() -> None:
-    made: list[httpx.AsyncClient] = []
-    pool = lanes(3, made)
-    first = await pool.take(1.0)
-    pool.give(first)  # type: ignore[arg-type]
-    assert await pool.take(1.0) is first  # reused, not a second lane
-    taken = [first, await pool.take(1.0), await pool.take(1.0)]
-    assert len(made) == 3
-    assert len({id(lane) for lane in taken}) == 3
-    assert await pool.take(0.01) is None  # the fourth would exceed the size
-    assert len(made) == 3
+async def test_lanes_are_taken_in_order_and_never_more_than_there_are() -> None:
+    pool = lanes(3)
+    taken = [await pool.take(1.0) for _ in range(3)]
+    assert taken == pool.clients  # the first lane first: one request uses one connection
+    assert await pool.take(0.01) is None  # a fourth must wait; here it times out
     await pool.aclose()
 
 
@@ -127,18 +122,30 @@ async def test_a_waiter_cancelled_just_after_being_handed_a_lane_passes_it_on() 
     await pool.aclose()
 
 
-async def test_closing_closes_every_lane_made_and_never_a_callers_client() -> None:
-    made: list[httpx.AsyncClient] = []
-    pool = lanes(4, made)
-    taken = [await pool.take(1.0) for _ in range(3)]
-    for lane in taken:
-        pool.give(lane)  # type: ignore[arg-type]
+async def test_closing_closes_every_lane_and_then_refuses_new_requests() -> None:
+    pool = lanes(4)
     await pool.aclose()
-    assert len(made) == 3
-    assert all(client.is_closed for client in made)
+    assert all(client.is_closed for client in pool.clients)
+    with pytest.raises(RuntimeError, match="client has been closed"):
+        await pool.take(1.0)
 
+
+async def test_closing_closes_the_other_lanes_even_if_one_fails() -> None:
+    pool = lanes(3)
+
+    async def broken() -> None:
+        raise OSError("close failed")
+
+    pool.clients[1].aclose = broken  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="close failed"):
+        await pool.aclose()
+    assert pool.clients[0].is_closed
+    assert pool.clients[2].is_closed
+
+
+async def test_a_callers_client_is_capped_but_never_closed() -> None:
     callers = httpx.AsyncClient()
-    shared = Lanes(callers, 2)
+    shared = Lanes.shared(callers, 2)
     assert await shared.take(1.0) is callers
     assert await shared.take(1.0) is callers
     assert await shared.take(0.01) is None  # the cap holds for a caller's client too
@@ -242,6 +249,25 @@ async def test_a_charge_that_finds_no_free_lane_in_the_pool_timeout_is_not_sent(
         assert len(await everyone) == MAX_CONNECTIONS
 
 
+async def test_each_attempt_waits_for_a_lane_within_the_pool_timeout_and_is_retried(
+    held: tuple[RogueServer, threading.Event],
+) -> None:
+    server, release = held
+    async with AsyncKNAIProvider(API_KEY, SLUG, server.url) as provider:
+        quick_retries(provider)
+        everyone = asyncio.ensure_future(crowd(provider, MAX_CONNECTIONS))
+        assert await on_the_wire(server, MAX_CONNECTIONS) == MAX_CONNECTIONS
+        started = time.monotonic()
+        with pytest.raises(APITimeoutError) as caught:
+            await provider.charge(TOKEN, 1500, "gpt-4", timeout=httpx.Timeout(5.0, pool=0.1))
+        assert 0.25 < time.monotonic() - started < 2.0  # three waits of 0.1 s, short pauses
+        assert caught.value.attempts == 3  # nothing was sent, so retrying was safe
+        assert caught.value.may_have_been_applied is False
+        assert server.count == MAX_CONNECTIONS
+        release.set()
+        assert len(await everyone) == MAX_CONNECTIONS
+
+
 async def test_cancelling_charges_that_wait_for_a_lane_frees_nothing_twice(
     held: tuple[RogueServer, threading.Event],
 ) -> None:
@@ -281,4 +307,31 @@ async def test_every_connection_uses_a_proxy_from_the_environment_as_httpx_does(
     assert [r.charge_id for r in results] == ["ch_1"] * 6
     assert [r.target for r in proxy.requests] == ["http://127.0.0.1:9/charge/authorize"] * 6
     if isinstance(twin.provider, AsyncKNAIProvider):
-        assert len(twin.provider._transport.lanes.clients) == 6  # each lane found the proxy
+        assert proxy.connections == 6  # six lanes, each through the proxy
+
+
+@pytest.mark.parametrize("proxied_at_construction", [False, True])
+async def test_every_lane_keeps_the_proxy_settings_the_client_was_made_with(
+    proxied_at_construction: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with RogueServer(Reply(200, CHARGED)) as server, RogueServer(Reply(200, CHARGED)) as proxy:
+        if proxied_at_construction:
+            monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        provider = AsyncKNAIProvider(API_KEY, SLUG, server.url, max_retries=0)
+        # The environment changes after construction: what a plain
+        # httpx.AsyncClient made now would ignore.
+        if proxied_at_construction:
+            monkeypatch.delenv("HTTP_PROXY")
+        else:
+            monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        results = await crowd(provider, 6)  # concurrent: opens more lanes
+        await provider.aclose()
+    assert [r.charge_id for r in results] == ["ch_1"] * 6
+    if proxied_at_construction:
+        assert (proxy.count, server.count) == (6, 0)  # none bypass the proxy
+        assert proxy.connections == 6  # six lanes
+    else:
+        assert (proxy.count, server.count) == (0, 6)  # none go to a proxy set later
+        assert server.connections == 6

@@ -20,7 +20,7 @@ import httpx
 
 from . import _args
 from ._errors import KNAIError, SessionWaitTimeoutError
-from ._lanes import MAX_IN_FLIGHT_SHARED, Lanes, owned_lanes
+from ._lanes import Lanes, owned_lanes
 from ._retry import RetryPolicy
 from ._transport import DEFAULT_TIMEOUT, AsyncTransport, Call, SyncTransport
 from ._version import __version__
@@ -393,8 +393,9 @@ class AsyncKNAIProvider(_BaseProvider):
 
     Use it as `async with AsyncKNAIProvider(...) as provider:` or call
     `await provider.aclose()`; it is never closed behind your back. Share one
-    client between tasks: it opens up to 32 keep-alive connections as
-    concurrency needs them, and further calls wait their turn.
+    client between tasks: it sends over up to 32 keep-alive connections, each
+    opened when first needed, and further calls wait their turn (within the
+    pool timeout).
 
     Args:
         provider_api_key: Your provider API key (secret). Defaults to `KNAI_API_KEY`.
@@ -438,11 +439,7 @@ class AsyncKNAIProvider(_BaseProvider):
         if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
             raise TypeError("http_client must be an httpx.AsyncClient (use KNAIProvider for sync)")
         self._owns_http = http_client is None
-        lanes = (
-            owned_lanes(self.timeout)
-            if http_client is None
-            else Lanes(http_client, MAX_IN_FLIGHT_SHARED)
-        )
+        lanes = owned_lanes(self.timeout) if http_client is None else Lanes.shared(http_client)
         self._transport = AsyncTransport(lanes, self.base_url, RetryPolicy(), self._headers)
 
     async def get_session(

@@ -5,30 +5,34 @@ readability check of each idle socket, whenever a request arrives or a response
 is closed. With many connections in one pool that work grows with the square of
 the load, and 64 concurrent requests ran at under half the rate of one
 (benchmarks/RESULTS.md). A lane is an `httpx.AsyncClient` limited to one
-connection, so that bookkeeping stays constant; a request takes a free lane
-(the most recently used, whose connection is warm), or a new one up to the
-limit, or waits its turn in FIFO order for no longer than it is allowed to.
+connection, so that bookkeeping stays constant. A request takes a free lane
+(the most recently used, whose connection is warm) or waits its turn in FIFO
+order for no longer than it is allowed to.
 
-A client the caller passes in is not split: it becomes `size` lanes that are
-all that client, which caps the requests it has in flight.
+The lanes are all made with the provider, as one httpx client would be: they
+read the environment (proxies, SSL_CERT_FILE) once, at the same moment, and a
+bad setting fails at construction. A lane opens its connection only when it is
+first used. A client the caller passes in is not split: it becomes `size` lanes
+that are all that client, which caps the requests it has in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import httpx
 
 __all__ = ["MAX_CONNECTIONS", "MAX_IN_FLIGHT_SHARED", "Lanes", "owned_lanes"]
 
-#: Connections (so requests in flight) of one AsyncKNAIProvider's own pool.
+#: Connections (so requests in flight) of one AsyncKNAIProvider's own lanes.
 MAX_CONNECTIONS = 32
 #: Requests in flight through a caller's own `httpx.AsyncClient`, whose one
 #: pool slows as it holds more.
 MAX_IN_FLIGHT_SHARED = 8
 _ONE_CONNECTION = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+_CLOSED = "Cannot send a request, as the client has been closed."
 
 
 def _expire(waiter: asyncio.Future[httpx.AsyncClient | None]) -> None:
@@ -37,43 +41,40 @@ def _expire(waiter: asyncio.Future[httpx.AsyncClient | None]) -> None:
 
 
 class Lanes:
-    """At most `size` requests in flight, each on a lane of its own.
+    """At most `len(lanes)` requests in flight, each on a lane of its own.
 
     Args:
-        first: The first lane, made at once (its headers are the template).
-        size: How many lanes there may be.
-        make: Makes another lane when all are busy; None to reuse `first`
-            for every lane (a caller's own client, which the SDK does not own).
+        lanes: The lanes; the same client may appear more than once.
+        owned: Whether `aclose` closes them (False for a caller's client).
     """
 
-    def __init__(
-        self,
-        first: httpx.AsyncClient,
-        size: int,
-        make: Callable[[], httpx.AsyncClient] | None = None,
-    ) -> None:
-        self.first = first
-        self.size = size
-        self._make = make
-        #: The clients this object made and must close (empty when not owned).
-        self.clients: list[httpx.AsyncClient] = [first] if make is not None else []
-        self._free: list[httpx.AsyncClient] = [first] if make is not None else [first] * size
-        self._made = 1 if make is not None else size
+    def __init__(self, lanes: Sequence[httpx.AsyncClient], *, owned: bool) -> None:
+        if not lanes:
+            raise ValueError("lanes must not be empty")
+        self.first = lanes[0]
+        self.size = len(lanes)
+        #: The distinct clients, which `aclose` closes when owned.
+        self.clients = list(dict.fromkeys(lanes))
+        self._owned = owned
+        self._free = list(reversed(lanes))  # popped from the end: the first lane first
         self._waiters: deque[asyncio.Future[httpx.AsyncClient | None]] = deque()
         self._closed = False
+
+    @classmethod
+    def shared(cls, client: httpx.AsyncClient, size: int = MAX_IN_FLIGHT_SHARED) -> Lanes:
+        """`size` lanes that are all `client`, which is left to its owner to close."""
+        return cls([client] * size, owned=False)
 
     async def take(self, within: float) -> httpx.AsyncClient | None:
         """A lane to send one request on, or None if none came free `within` seconds.
 
         The caller must `give` the lane back once the response is closed.
+        Raises RuntimeError once closed.
         """
+        if self._closed:
+            raise RuntimeError(_CLOSED)
         if self._free:
             return self._free.pop()
-        if self._made < self.size and self._make is not None and not self._closed:
-            self._made += 1
-            lane = self._make()
-            self.clients.append(lane)
-            return lane
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[httpx.AsyncClient | None] = loop.create_future()
         self._waiters.append(waiter)
@@ -107,20 +108,28 @@ class Lanes:
         self._free.append(lane)
 
     async def aclose(self) -> None:
-        """Close every lane this object made; later requests fail as on a closed client."""
+        """Refuse new requests; close every lane if owned (all of them, even if one fails)."""
         self._closed = True
+        if not self._owned:
+            return
+        failure: BaseException | None = None
         for lane in self.clients:
-            await lane.aclose()
+            try:
+                await lane.aclose()
+            except BaseException as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
 
 def owned_lanes(timeout: httpx.Timeout, size: int = MAX_CONNECTIONS) -> Lanes:
-    """Lanes made by the SDK: `size` clients of one connection, one TLS context between them."""
+    """`size` lanes made by the SDK, sharing one TLS context (about 2 ms for 32)."""
     # Made once, as each client would make it (trust store, SSL_CERT_FILE/DIR).
     tls = httpx.create_ssl_context()
-
-    def make() -> httpx.AsyncClient:
-        return httpx.AsyncClient(
+    lanes = [
+        httpx.AsyncClient(
             timeout=timeout, follow_redirects=False, limits=_ONE_CONNECTION, verify=tls
         )
-
-    return Lanes(make(), size, make)
+        for _ in range(size)
+    ]
+    return Lanes(lanes, owned=True)

@@ -481,8 +481,9 @@ class AsyncTransport(_TransportBase):
     ) -> _Answer:
         attempts.count += 1
         request = self._request(call, _attempt_timeout(timeout, deadline))
+        lane = await self._take_lane(request, timeout, deadline)
+        # The budget starts once a lane is free: queueing is bounded by the pool timeout.
         body = _Body(_attempt_budget(timeout, deadline))
-        lane = await self._take_lane(request, body.until)
         try:
             with _MappedTransportErrors(call, attempts):
                 response = await lane.send(request, stream=True, follow_redirects=False)
@@ -498,10 +499,15 @@ class AsyncTransport(_TransportBase):
             self.lanes.give(lane)
         return interpret(call, attempts, response, body)
 
-    async def _take_lane(self, request: httpx.Request, until: float) -> httpx.AsyncClient:
-        """A free lane, waiting no longer than the pool timeout and the attempt's budget."""
-        pool = request.extensions.get("timeout", {}).get("pool")
-        limit = until - time.monotonic() if pool is None else min(pool, until - time.monotonic())
+    async def _take_lane(
+        self, request: httpx.Request, timeout: httpx.Timeout, deadline: float | None
+    ) -> httpx.AsyncClient:
+        """A free lane, waiting no longer than the pool timeout and the call's deadline.
+
+        With no pool timeout, the wait is bounded by the attempt's budget instead.
+        """
+        pool = request.extensions["timeout"].get("pool")  # already clamped to the deadline
+        limit = _attempt_budget(timeout, deadline) - time.monotonic() if pool is None else pool
         lane = await self.lanes.take(limit)
         if lane is None:
             # Nothing was sent: a definite failure, safe to retry.
