@@ -417,7 +417,7 @@ def chart(report: Report, path: Path) -> bool:
         data = report.chart[panel]
         if panel == "async":
             levels = sorted({level for _, level in data})
-            names = sorted({name for name, _ in data}, reverse=True)
+            names = [name for name in ASYNC_LABELS if any(n == name for n, _ in data)]
             width = 0.8 / len(names)
             for i, name in enumerate(names):
                 xs = [j + i * width for j in range(len(levels))]
@@ -426,14 +426,18 @@ def chart(report: Report, path: Path) -> bool:
             ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(levels))])
             ax.set_xticklabels([f"{lv} tasks" for lv in levels])
             ax.set_ylabel("calls/s (higher is better)")
-            ax.legend()
+            ax.set_ylim(0, 1.35 * max(data.values()))  # room for the legend above the bars
+            ax.legend(loc="upper left", fontsize=7)
             ax.set_title("Async throughput")
             continue
         labels = list(data)
         ax.bar(range(len(labels)), list(data.values()), color="tab:blue")
-        for value, text in report.chart.get(f"{panel}_targets", []):
+        targets = report.chart.get(f"{panel}_targets", [])
+        for i, (value, text) in enumerate(sorted(targets, reverse=True)):
             ax.axhline(value, color="tab:red", linestyle="--", linewidth=1)
-            ax.annotate(text, (len(labels) - 0.5, value), ha="right", va="bottom", fontsize=7)
+            # Close lines: the higher one labelled above, the next below.
+            va = "bottom" if i % 2 == 0 else "top"
+            ax.annotate(text, (len(labels) - 0.5, value), ha="right", va=va, fontsize=7)
         if panel == "wait":
             limits = report.chart["wait_limits"]
             ax.scatter(range(len(labels)), limits, marker="_", s=2000, color="tab:red")
