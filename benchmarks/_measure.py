@@ -79,7 +79,7 @@ def sync_rounds(
 # -- async throughput ---------------------------------------------------------
 
 
-async def _batch(variant: AsyncVariant, calls: int, concurrency: int) -> None:
+async def batch(variant: AsyncVariant, calls: int, concurrency: int) -> None:
     remaining = calls
 
     async def worker() -> None:
@@ -98,7 +98,7 @@ async def _async_rounds(
     clients = {(n, c): ASYNC_FACTORIES[n](server.url) for n in names for c in calls}
     try:
         for (_, level), client in clients.items():
-            await _batch(client, max(2 * level, calls[level] // 5), level)  # opens the pool
+            await batch(client, max(2 * level, calls[level] // 5), level)  # opens the pool
         samples: dict[tuple[str, int], list[Sample]] = {key: [] for key in clients}
         keys = list(clients)
         for r in range(rounds):
@@ -107,7 +107,7 @@ async def _async_rounds(
                 server_0 = server.cpu()
                 cpu_0, wall_0 = time.process_time(), time.perf_counter()
                 n = calls[key[1]]
-                await _batch(clients[key], n, key[1])
+                await batch(clients[key], n, key[1])
                 wall_1, cpu_1 = time.perf_counter(), time.process_time()
                 server_1 = server.cpu()
                 samples[key].append(

@@ -24,21 +24,10 @@ import time
 from typing import Any
 
 import _variants
+from _measure import batch
 from _server import BenchServer
 
 _WARMUP = 500
-
-
-async def _batch(variant: _variants.AsyncVariant, calls: int, concurrency: int) -> None:
-    remaining = calls
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await variant.call()
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
 async def _run(
@@ -47,11 +36,11 @@ async def _run(
     """Client CPU µs per call of `calls` charges at `level` tasks (profiled if asked)."""
     variant = _variants.ASYNC_FACTORIES[name](url)
     try:
-        await _batch(variant, _WARMUP, level)  # opens the connections
+        await batch(variant, _WARMUP, level)  # opens the connections
         cpu = time.process_time()
         if profile is not None:
             profile.enable()
-        await _batch(variant, calls, level)
+        await batch(variant, calls, level)
         if profile is not None:
             profile.disable()
         return (time.process_time() - cpu) / calls * 1e6
