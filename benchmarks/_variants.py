@@ -160,7 +160,7 @@ def async_ours(url: str) -> AsyncVariant:
 
 
 def async_ours_own_client(url: str) -> AsyncVariant:
-    """Ours over a caller's own httpx.AsyncClient: one httpcore pool, 8 requests in flight."""
+    """Ours over a caller's own httpx.AsyncClient, used as it is: one httpcore pool."""
     own = httpx.AsyncClient()
     provider = knai.AsyncKNAIProvider(API_KEY, SLUG, url, http_client=own)
 

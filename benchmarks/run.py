@@ -1,7 +1,7 @@
 """The knai-provider benchmark suite (issue 4), in one command.
 
-    python benchmarks/run.py            # full run, under ~10 minutes on 2 cores
-    python benchmarks/run.py --quick    # ~1-2 minutes, fewer rounds and calls
+    python benchmarks/run.py            # full run, about 6 minutes on 2 cores
+    python benchmarks/run.py --quick    # about 1 minute, fewer rounds and calls
 
 Starts its own loopback keep-alive server in a subprocess, installs
 knai-provider 0.1.0 (and matplotlib for the chart) into benchmarks/.vendor on
@@ -35,7 +35,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "async_rounds": 9,
         "async_calls": 1200,
         "latency_rounds": 3,
-        "latency_calls": {1: 60, 64: 1200},
+        "latency_calls": {1: 20, 128: 1200},
         "memory_calls": 100_000,
         "import_runs": 30,
         "wait_intervals": [0.25, 1.0],
@@ -47,7 +47,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "async_rounds": 3,
         "async_calls": 400,
         "latency_rounds": 1,
-        "latency_calls": {1: 30, 64: 400},
+        "latency_calls": {1: 10, 128: 400},
         "memory_calls": 20_000,
         "import_runs": 10,
         "wait_intervals": [0.5],
@@ -55,7 +55,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
 }
 ASYNC_LEVELS = [1, 8, 64]
-LATENCY_MS = 10.0
+LATENCY_MS = 100.0
 MEMORY_WARMUP = 1000
 
 

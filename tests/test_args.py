@@ -101,6 +101,22 @@ def test_bad_client_max_retries_is_refused(cls: type[Any], value: Any) -> None:
 
 
 @pytest.mark.parametrize("cls", CLIENTS)
+@pytest.mark.parametrize("value", [0, -1, 1001, True, 1.5, "8"])
+def test_bad_client_max_connections_is_refused(cls: type[Any], value: Any) -> None:
+    with pytest.raises(ValueError, match="max_connections"):
+        _make(cls, max_connections=value)
+
+
+@pytest.mark.parametrize(
+    ("cls", "own"), [(KNAIProvider, httpx.Client), (AsyncKNAIProvider, httpx.AsyncClient)]
+)
+def test_max_connections_with_your_own_client_is_refused(cls: type[Any], own: type[Any]) -> None:
+    client = own()
+    with pytest.raises(ValueError, match="max_connections sizes the SDK's own pool"):
+        _make(cls, http_client=client, max_connections=8)
+
+
+@pytest.mark.parametrize("cls", CLIENTS)
 @pytest.mark.parametrize(
     "url",
     [

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +20,16 @@ import httpx
 import pytest
 
 from knai import APITimeoutError, AsyncKNAIProvider, KNAIProvider
-from knai._lanes import MAX_CONNECTIONS, MAX_IN_FLIGHT_SHARED, Lanes
+from knai._args import DEFAULT_MAX_CONNECTIONS
+from knai._lanes import Lanes
 from knai.testing.pytest_plugin import quick_retries
 from tests._twin import CHARGED, Twin
 from tests.conftest import API_KEY, SLUG, TOKEN
 from tests.reliability._rogue import Action, Reply, RogueServer
 
 pytestmark = pytest.mark.anyio
+
+LIMIT = 8  # max_connections of the providers below, unless a test says otherwise
 
 
 def lanes(size: int) -> Lanes:
@@ -34,8 +38,7 @@ def lanes(size: int) -> Lanes:
         [
             httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
             for _ in range(size)
-        ],
-        owned=True,
+        ]
     )
 
 
@@ -143,17 +146,6 @@ async def test_closing_closes_the_other_lanes_even_if_one_fails() -> None:
     assert pool.clients[2].is_closed
 
 
-async def test_a_callers_client_is_capped_but_never_closed() -> None:
-    callers = httpx.AsyncClient()
-    shared = Lanes.shared(callers, 2)
-    assert await shared.take(1.0) is callers
-    assert await shared.take(1.0) is callers
-    assert await shared.take(0.01) is None  # the cap holds for a caller's client too
-    await shared.aclose()
-    assert not callers.is_closed
-    await callers.aclose()
-
-
 # -- over loopback ------------------------------------------------------------------------------
 
 
@@ -190,43 +182,64 @@ async def on_the_wire(server: RogueServer, expected: int) -> int:
     return server.count
 
 
+@pytest.mark.parametrize("max_connections", [None, 8])
 async def test_the_sdks_own_pool_opens_at_most_max_connections_and_reuses_them(
-    held: tuple[RogueServer, threading.Event],
+    held: tuple[RogueServer, threading.Event], max_connections: int | None
 ) -> None:
     server, release = held
-    n = MAX_CONNECTIONS + 8
-    async with AsyncKNAIProvider(API_KEY, SLUG, server.url) as provider:
+    limit = max_connections or DEFAULT_MAX_CONNECTIONS
+    n = limit + 8
+    async with AsyncKNAIProvider(
+        API_KEY, SLUG, server.url, max_connections=max_connections
+    ) as provider:
         everyone = asyncio.ensure_future(crowd(provider, n))
-        assert await on_the_wire(server, MAX_CONNECTIONS) == MAX_CONNECTIONS
+        assert await on_the_wire(server, limit) == limit
         release.set()
         results = await everyone
         assert [r.charge_id for r in results] == ["ch_1"] * n
         assert server.count == n
-        assert server.connections == MAX_CONNECTIONS  # the last 8 went over warm lanes
+        assert server.connections == limit  # the last 8 went over warm lanes
         # A second burst opens nothing new.
         assert len(await crowd(provider, n)) == n
-        assert server.connections == MAX_CONNECTIONS
+        assert server.connections == limit
         # The idempotency keys stayed one per charge.
         assert len(set(server.header_values("Idempotency-Key"))) == 2 * n
-        made = provider._transport.lanes.clients
-        assert len(made) == MAX_CONNECTIONS
+        made = provider._transport.lanes.clients  # type: ignore[union-attr]
+        assert len(made) == limit
         assert not any(lane.is_closed for lane in made)
     assert all(lane.is_closed for lane in made)  # leaving the block closed every lane
     assert await asyncio.to_thread(server.wait_until, lambda: server.open_connections == 0)
 
 
-async def test_a_callers_own_client_gets_at_most_8_requests_at_once(
+async def test_the_sync_clients_pool_opens_at_most_max_connections(
     held: tuple[RogueServer, threading.Event],
 ) -> None:
     server, release = held
-    async with httpx.AsyncClient() as mine:
+    with (
+        KNAIProvider(API_KEY, SLUG, server.url, max_connections=4) as provider,
+        ThreadPoolExecutor(8) as threads,
+    ):
+        charges = [threads.submit(provider.charge, TOKEN, 1500, "gpt-4") for _ in range(8)]
+        assert await on_the_wire(server, 4) == 4
+        release.set()
+        assert [c.result(5).charge_id for c in charges] == ["ch_1"] * 8
+    assert server.connections == 4  # kept alive and reused, not reopened
+
+
+@pytest.mark.parametrize(("limits", "at_once"), [(None, 20), (httpx.Limits(max_connections=3), 3)])
+async def test_a_callers_own_client_is_used_as_it_is_under_its_own_limits(
+    held: tuple[RogueServer, threading.Event], limits: httpx.Limits | None, at_once: int
+) -> None:
+    server, release = held
+    async with httpx.AsyncClient(**({} if limits is None else {"limits": limits})) as mine:
         provider = AsyncKNAIProvider(API_KEY, SLUG, server.url, http_client=mine)
         everyone = asyncio.ensure_future(crowd(provider, 20))
-        assert await on_the_wire(server, MAX_IN_FLIGHT_SHARED) == MAX_IN_FLIGHT_SHARED
+        assert await on_the_wire(server, at_once) == at_once
         release.set()
         assert [r.charge_id for r in await everyone] == ["ch_1"] * 20
         await provider.aclose()
         assert not mine.is_closed
+        assert provider._transport.lanes is None
 
 
 @pytest.mark.parametrize(("max_retries", "at_least"), [(0, 0.08), (2, 0.25)])
@@ -234,10 +247,10 @@ async def test_each_attempt_waits_for_a_lane_within_the_pool_timeout_and_sends_n
     held: tuple[RogueServer, threading.Event], max_retries: int, at_least: float
 ) -> None:
     server, release = held
-    async with AsyncKNAIProvider(API_KEY, SLUG, server.url) as provider:
+    async with AsyncKNAIProvider(API_KEY, SLUG, server.url, max_connections=LIMIT) as provider:
         quick_retries(provider)
-        everyone = asyncio.ensure_future(crowd(provider, MAX_CONNECTIONS))
-        assert await on_the_wire(server, MAX_CONNECTIONS) == MAX_CONNECTIONS
+        everyone = asyncio.ensure_future(crowd(provider, LIMIT))
+        assert await on_the_wire(server, LIMIT) == LIMIT
         started = time.monotonic()
         with pytest.raises(APITimeoutError) as caught:
             await provider.charge(
@@ -248,18 +261,18 @@ async def test_each_attempt_waits_for_a_lane_within_the_pool_timeout_and_sends_n
         assert caught.value.attempts == max_retries + 1
         assert caught.value.may_have_been_applied is False
         assert "no free connection" in str(caught.value)
-        assert server.count == MAX_CONNECTIONS  # nothing more reached the server
+        assert server.count == LIMIT  # nothing more reached the server
         release.set()
-        assert len(await everyone) == MAX_CONNECTIONS
+        assert len(await everyone) == LIMIT
 
 
 async def test_cancelling_charges_that_wait_for_a_lane_frees_nothing_twice(
     held: tuple[RogueServer, threading.Event],
 ) -> None:
     server, release = held
-    async with AsyncKNAIProvider(API_KEY, SLUG, server.url) as provider:
-        busy = asyncio.ensure_future(crowd(provider, MAX_CONNECTIONS))
-        assert await on_the_wire(server, MAX_CONNECTIONS) == MAX_CONNECTIONS
+    async with AsyncKNAIProvider(API_KEY, SLUG, server.url, max_connections=LIMIT) as provider:
+        busy = asyncio.ensure_future(crowd(provider, LIMIT))
+        assert await on_the_wire(server, LIMIT) == LIMIT
         queued = [asyncio.ensure_future(provider.charge(TOKEN, 1, "gpt-4")) for _ in range(5)]
         await asyncio.sleep(0.02)
         for task in queued:
@@ -269,11 +282,11 @@ async def test_cancelling_charges_that_wait_for_a_lane_frees_nothing_twice(
         await busy
         # Every lane came back: a full crowd again runs at once on the same connections.
         release.clear()
-        again = asyncio.ensure_future(crowd(provider, MAX_CONNECTIONS))
-        assert await on_the_wire(server, 2 * MAX_CONNECTIONS) == 2 * MAX_CONNECTIONS
+        again = asyncio.ensure_future(crowd(provider, LIMIT))
+        assert await on_the_wire(server, 2 * LIMIT) == 2 * LIMIT
         release.set()
         await again
-        assert server.connections == MAX_CONNECTIONS
+        assert server.connections == LIMIT
 
 
 @pytest.mark.parametrize("cls", [KNAIProvider, AsyncKNAIProvider])

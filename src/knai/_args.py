@@ -19,6 +19,7 @@ __all__ = [
     "check_base_url",
     "check_default_headers",
     "check_idempotency_key",
+    "check_max_connections",
     "check_max_retries",
     "check_poll",
     "check_text",
@@ -139,6 +140,31 @@ def check_max_retries(value: object) -> int:
     """A retry count: an int >= 0 (0 turns retries off)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"max_retries must be an int >= 0, got {value!r}")
+    return value
+
+
+#: Connections the SDK's own pool may open (httpx's default pool limit).
+DEFAULT_MAX_CONNECTIONS = 100
+_MAX_CONNECTIONS_LIMIT = 1000
+
+
+def check_max_connections(value: object, http_client: object) -> int:
+    """A connection limit, 1 to 1000, for the SDK's own pool (not with `http_client`)."""
+    if value is None:
+        return DEFAULT_MAX_CONNECTIONS
+    if http_client is not None:
+        raise ValueError(
+            "max_connections sizes the SDK's own pool; with http_client, set limits on that"
+            " client instead"
+        )
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 1 <= value <= _MAX_CONNECTIONS_LIMIT
+    ):
+        raise ValueError(
+            f"max_connections must be an int from 1 to {_MAX_CONNECTIONS_LIMIT}, got {value!r}"
+        )
     return value
 
 

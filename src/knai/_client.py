@@ -20,7 +20,7 @@ import httpx
 
 from . import _args
 from ._errors import KNAIError, SessionWaitTimeoutError
-from ._lanes import Lanes, owned_lanes
+from ._lanes import owned_lanes
 from ._retry import RetryPolicy
 from ._transport import DEFAULT_TIMEOUT, AsyncTransport, Call, SyncTransport
 from ._version import __version__
@@ -226,9 +226,12 @@ class KNAIProvider(_BaseProvider):
             Default: 30 s to read, 5 s to connect.
         max_retries: Retries of transient failures (connection errors,
             timeouts, 408, 429, 5xx) per call. Default 2; 0 turns retries off.
-        http_client: Your own `httpx.Client` (proxies, TLS settings). The SDK
-            does not close it.
+        http_client: Your own `httpx.Client` (proxies, TLS settings, pool
+            limits). The SDK does not close it.
         default_headers: Extra headers sent with every request.
+        max_connections: Connections the SDK's own pool may open, so requests
+            in flight at once (default 100, kept alive; 1 to 1000). Not with
+            `http_client`: set that client's limits instead.
 
     Raises:
         ValueError: An argument is missing or malformed.
@@ -249,6 +252,7 @@ class KNAIProvider(_BaseProvider):
         max_retries: int = DEFAULT_MAX_RETRIES,
         http_client: httpx.Client | None = None,
         default_headers: Mapping[str, str] | None = None,
+        max_connections: int | None = None,
     ) -> None:
         super().__init__(
             provider_api_key,
@@ -260,8 +264,13 @@ class KNAIProvider(_BaseProvider):
         )
         if http_client is not None and not isinstance(http_client, httpx.Client):
             raise TypeError("http_client must be an httpx.Client (use AsyncKNAIProvider for async)")
+        connections = _args.check_max_connections(max_connections, http_client)
         self._owns_http = http_client is None
-        http = http_client or httpx.Client(timeout=self.timeout, follow_redirects=False)
+        http = http_client or httpx.Client(
+            timeout=self.timeout,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        )
         self._transport = SyncTransport(http, self.base_url, RetryPolicy(), self._headers)
 
     def get_session(
@@ -393,9 +402,9 @@ class AsyncKNAIProvider(_BaseProvider):
 
     Use it as `async with AsyncKNAIProvider(...) as provider:` or call
     `await provider.aclose()`; it is never closed behind your back. Share one
-    client between tasks: it sends over up to 32 keep-alive connections, each
-    opened when first needed, and further calls wait their turn (within the
-    pool timeout).
+    client between tasks: it sends over up to `max_connections` keep-alive
+    connections, each opened when first needed, and further calls wait their
+    turn (within the pool timeout).
 
     Args:
         provider_api_key: Your provider API key (secret). Defaults to `KNAI_API_KEY`.
@@ -404,9 +413,13 @@ class AsyncKNAIProvider(_BaseProvider):
             `https://api.conx.ai`. Must be https unless the host is loopback.
         timeout: Per-attempt HTTP timeout: seconds or an `httpx.Timeout`.
         max_retries: Retries of transient failures per call (default 2).
-        http_client: Your own `httpx.AsyncClient`; the SDK does not close it
-            and keeps at most 8 requests in flight through it.
+        http_client: Your own `httpx.AsyncClient`, used as it is (its pool
+            limits apply); the SDK does not close it.
         default_headers: Extra headers sent with every request.
+        max_connections: Connections the SDK's own pool may open, so requests
+            in flight at once (default 100; 1 to 1000). Each is an httpx
+            client of one connection (a "lane"), made now and connected when
+            first used. Not with `http_client`: set that client's limits instead.
 
     Raises:
         ValueError: An argument is missing or malformed.
@@ -427,6 +440,7 @@ class AsyncKNAIProvider(_BaseProvider):
         max_retries: int = DEFAULT_MAX_RETRIES,
         http_client: httpx.AsyncClient | None = None,
         default_headers: Mapping[str, str] | None = None,
+        max_connections: int | None = None,
     ) -> None:
         super().__init__(
             provider_api_key,
@@ -438,9 +452,10 @@ class AsyncKNAIProvider(_BaseProvider):
         )
         if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
             raise TypeError("http_client must be an httpx.AsyncClient (use KNAIProvider for sync)")
+        connections = _args.check_max_connections(max_connections, http_client)
         self._owns_http = http_client is None
-        lanes = owned_lanes(self.timeout) if http_client is None else Lanes.shared(http_client)
-        self._transport = AsyncTransport(lanes, self.base_url, RetryPolicy(), self._headers)
+        http = http_client or owned_lanes(self.timeout, connections)
+        self._transport = AsyncTransport(http, self.base_url, RetryPolicy(), self._headers)
 
     async def get_session(
         self,

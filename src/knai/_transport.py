@@ -29,11 +29,11 @@ from ._errors import (
     ServerError,
     SessionExpiredError,
 )
+from ._lanes import Lanes
 from ._redact import scrub
 from ._retry import RetryPolicy, parse_retry_after
 
 if TYPE_CHECKING:
-    from ._lanes import Lanes
     from ._models import _Payload
 
 __all__ = ["DEFAULT_TIMEOUT", "AsyncTransport", "Call", "ResponseMeta", "SyncTransport"]
@@ -437,17 +437,23 @@ class AsyncTransport(_TransportBase):
     """Sends `Call`s over one pooled `httpx.AsyncClient`."""
 
     def __init__(
-        self, lanes: Lanes, base_url: str, policy: RetryPolicy, headers: dict[str, str]
+        self,
+        http: httpx.AsyncClient | Lanes,
+        base_url: str,
+        policy: RetryPolicy,
+        headers: dict[str, str],
     ) -> None:
-        super().__init__(base_url, policy, lanes.first, headers)
-        self.http = lanes.first
-        # One pool of many connections slows as concurrency grows: each request
-        # takes a lane (a client of one connection) instead. See `_lanes`.
-        self.lanes = lanes
+        # The SDK's own pool is lanes: one httpx pool of many connections slows
+        # as concurrency grows, so each request takes a client of one
+        # connection instead (see `_lanes`). A caller's client is used as is.
+        self.lanes = http if isinstance(http, Lanes) else None
+        self.http = http.first if isinstance(http, Lanes) else http
+        super().__init__(base_url, policy, self.http, headers)
 
     async def aclose(self) -> None:
-        """Close the lanes the SDK made (a caller's own client is left open)."""
-        await self.lanes.aclose()
+        """Close the SDK's own lanes (never a caller's client)."""
+        if self.lanes is not None:
+            await self.lanes.aclose()
 
     async def send(
         self,
@@ -481,7 +487,10 @@ class AsyncTransport(_TransportBase):
     ) -> _Answer:
         attempts.count += 1
         request = self._request(call, _attempt_timeout(timeout, deadline))
-        lane = await self._take_lane(request, timeout, deadline)
+        lanes = self.lanes
+        lane = (
+            self.http if lanes is None else await self._take_lane(lanes, request, timeout, deadline)
+        )
         # The budget starts once a lane is free: queueing is bounded by the pool timeout.
         body = _Body(_attempt_budget(timeout, deadline))
         try:
@@ -496,11 +505,13 @@ class AsyncTransport(_TransportBase):
                 finally:
                     await response.aclose()
         finally:
-            self.lanes.give(lane)
+            if lanes is not None:
+                lanes.give(lane)
         return interpret(call, attempts, response, body)
 
+    @staticmethod
     async def _take_lane(
-        self, request: httpx.Request, timeout: httpx.Timeout, deadline: float | None
+        lanes: Lanes, request: httpx.Request, timeout: httpx.Timeout, deadline: float | None
     ) -> httpx.AsyncClient:
         """A free lane, waiting no longer than the pool timeout and the call's deadline.
 
@@ -508,7 +519,7 @@ class AsyncTransport(_TransportBase):
         """
         pool = request.extensions["timeout"].get("pool")  # already clamped to the deadline
         limit = _attempt_budget(timeout, deadline) - time.monotonic() if pool is None else pool
-        lane = await self.lanes.take(limit)
+        lane = await lanes.take(limit)
         if lane is None:
             # Nothing was sent: a definite failure, safe to retry.
             raise APITimeoutError(

@@ -47,6 +47,8 @@ def sync_usage() -> None:
     assert_type(provider, KNAIProvider)
     assert_type(KNAIProvider(), KNAIProvider)
     assert_type(KNAIProvider(timeout=httpx.Timeout(5.0, connect=1.0)), KNAIProvider)
+    assert_type(KNAIProvider(max_connections=20), KNAIProvider)
+    assert_type(AsyncKNAIProvider(max_connections=200), AsyncKNAIProvider)
     assert_type(provider.base_url, str)
     assert_type(provider.provider_slug, str)
 
@@ -129,6 +131,7 @@ def sync_misuse(provider: KNAIProvider, session: Session) -> None:
     provider.wait_for_session("user123", timeout="60")  # type: ignore[arg-type]
     KNAIProvider(timeout="30")  # type: ignore[arg-type]
     KNAIProvider(max_retries=None)  # type: ignore[arg-type]
+    AsyncKNAIProvider(max_connections="100")  # type: ignore[arg-type]
     KNAIProvider(http_client=httpx.AsyncClient())  # type: ignore[arg-type]
     KNAIProvider(provider_api_key="k", provider_slug="s", unknown=1)  # type: ignore[call-arg]
     session["status"] = "pending"  # type: ignore[index]
