@@ -3,7 +3,7 @@
     python benchmarks/_memory.py URL VARIANT WARMUP CALLS
 
 Charges `CALLS` times in all with one client and prints one JSON line: the
-checkpoints (after `WARMUP` calls, then at a quarter, half and all of them)
+checkpoints (after 1,000 calls, after `WARMUP`, halfway from there, and at the end)
 with VmRSS (KiB, from /proc/self/status) and the number of open fds. VARIANT
 is a sync variant's name, or ``async:`` and an async one's, which charges from
 64 concurrent tasks sharing the client. Nothing else runs in the process, so
@@ -72,7 +72,8 @@ async def _async_soak(url: str, name: str, marks: list[int]) -> list[dict[str, i
 
 
 def main(url: str, variant_name: str, warmup: int, calls: int) -> None:
-    marks = sorted({warmup, max(warmup, calls // 4), max(warmup, calls // 2), calls})
+    # An early mark too, so a long warm-up's own growth is on record.
+    marks = sorted({min(1000, warmup), warmup, warmup + (calls - warmup) // 2, calls})
     started = time.perf_counter()
     if variant_name.startswith(ASYNC_PREFIX):
         name = variant_name.removeprefix(ASYNC_PREFIX)
@@ -80,7 +81,8 @@ def main(url: str, variant_name: str, warmup: int, calls: int) -> None:
     else:
         checkpoints = _sync_soak(url, variant_name, marks)
     elapsed = time.perf_counter() - started
-    print(json.dumps({"variant": variant_name, "checkpoints": checkpoints, "seconds": elapsed}))
+    report = {"variant": variant_name, "warmup": warmup, "checkpoints": checkpoints}
+    print(json.dumps({**report, "seconds": elapsed}))
 
 
 if __name__ == "__main__":
