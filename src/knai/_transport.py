@@ -434,7 +434,7 @@ class SyncTransport(_TransportBase):
 
 
 class AsyncTransport(_TransportBase):
-    """Sends `Call`s over one pooled `httpx.AsyncClient`."""
+    """Sends `Call`s over the SDK's lanes, or over a caller's `httpx.AsyncClient` as it is."""
 
     def __init__(
         self,
