@@ -19,6 +19,7 @@ import os
 import sys
 import time
 
+from _measure import batch
 from _variants import ASYNC_FACTORIES, SYNC_FACTORIES
 
 ASYNC_PREFIX = "async:"
@@ -57,15 +58,9 @@ def _sync_soak(url: str, name: str, marks: list[int]) -> list[dict[str, int]]:
 async def _async_soak(url: str, name: str, marks: list[int]) -> list[dict[str, int]]:
     variant = ASYNC_FACTORIES[name](url)
     checkpoints, done = [], 0
-
-    async def worker(until: int) -> None:
-        nonlocal done
-        while done < until:
-            done += 1
-            await variant.call()
-
     for mark in marks:
-        await asyncio.gather(*(worker(mark) for _ in range(ASYNC_TASKS)))
+        await batch(variant, mark - done, ASYNC_TASKS)
+        done = mark
         checkpoints.append(_checkpoint(done))
     await variant.close()
     return checkpoints
