@@ -103,7 +103,15 @@ def __getattr__(name: str) -> object:
     module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    try:
+        value = getattr(importlib.import_module(module, __name__), name)
+    except ModuleNotFoundError as exc:
+        from ._extra import missing_extra
+
+        clearer = missing_extra(f"{__name__}.{name}", exc)
+        if clearer is None:
+            raise
+        raise clearer from exc
     globals()[name] = value
     return value
 
