@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -231,3 +233,225 @@ def test_demo_without_the_sandbox_extra_says_what_to_install(tmp_path: Path) -> 
     assert done.returncode == 1
     assert 'pip install "knai-provider[sandbox]"' in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- issue 9, item 12: what a new user types wrong, answered in one line -------------------
+
+
+def test_version_prints_the_package_version() -> None:
+    from knai import __version__
+
+    done = knai("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"knai {__version__}"
+
+
+@pytest.mark.parametrize("command", ["", "demo", "sandbox", "session", "wait", "charge"])
+def test_every_help_says_where_the_api_key_comes_from(command: str) -> None:
+    done = knai(*([command] if command else []), "--help")
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "KNAI_API_KEY" in text
+    if command not in ("demo", "sandbox"):
+        assert "$KNAI_PROVIDER_SLUG" in text
+        assert "$KNAI_BASE_URL" in text
+    if command in ("", "charge"):
+        assert "$KNAI_SESSION_TOKEN" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (("sandbox", "--port", "99999"), "--port"),
+        (("sandbox", "--port", "-1"), "--port"),
+        (("sandbox", "--port", "http"), "--port"),
+        (("wait", "someone", "--wait-timeout", "-3"), "--wait-timeout"),
+        (("wait", "someone", "--wait-timeout", "nan"), "--wait-timeout"),
+        (("wait", "someone", "--poll-interval", "0"), "--poll-interval"),
+        (("session", "someone", "--timeout", "-1"), "--timeout"),
+        (("session", "someone", "--timeout", "inf"), "--timeout"),
+        (("session", "someone", "--max-retries", "-2"), "--max-retries"),
+    ],
+)
+def test_out_of_range_flags_are_argparse_errors_naming_the_flag(
+    args: tuple[str, ...], flag: str
+) -> None:
+    done = knai(*args)
+    assert done.returncode == 2
+    assert f"error: argument {flag}: must be" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _message(done: subprocess.CompletedProcess[str]) -> str:
+    return str(_json(done.stderr)["error"]["message"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names", "python_name"),
+    [
+        ({"KNAI_API_KEY": None}, "KNAI_API_KEY", "provider_api_key"),
+        ({"KNAI_API_KEY": "sk has spaces"}, "KNAI_API_KEY", "provider_api_key"),
+        ({"KNAI_PROVIDER_SLUG": None}, "KNAI_PROVIDER_SLUG", "provider_slug"),
+        ({"KNAI_BASE_URL": "ftp://127.0.0.1"}, "KNAI_BASE_URL", "base_url"),
+    ],
+)
+def test_credential_errors_name_the_environment_variable_not_the_keyword(
+    env: dict[str, str], overrides: dict[str, str | None], names: str, python_name: str
+) -> None:
+    run_env = {**os.environ, **env}
+    for variable, value in overrides.items():
+        if value is None:
+            run_env.pop(variable, None)
+        else:
+            run_env[variable] = value
+    done = subprocess.run(
+        [sys.executable, "-m", "knai", "session", "someone"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=run_env,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    message = _message(done)
+    assert names in message
+    assert python_name not in message
+    assert "=" not in message
+
+
+def test_a_bad_base_url_flag_is_named_as_the_flag(env: dict[str, str]) -> None:
+    done = knai("session", "someone", "--base-url", "ftp://127.0.0.1", env=env)
+    assert done.returncode == 2
+    assert _message(done).startswith("--base-url ")
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (("--amount", "0", "--model", "gpt-4"), "--amount"),
+        (("--amount", "5", "--model", ""), "--model"),
+        (("--amount", "5", "--model", "m", "--idempotency-key", "k" * 300), "--idempotency-key"),
+    ],
+)
+def test_charge_argument_errors_name_the_flag(
+    env: dict[str, str], args: tuple[str, ...], flag: str
+) -> None:
+    done = knai("charge", *args, env={**env, "KNAI_SESSION_TOKEN": "tok_unused_here"})
+    assert done.returncode == 2, done.stderr
+    message = _message(done)
+    assert message.startswith(flag), message
+    for keyword in ("amount_tokens", "model=", "idempotency_key"):
+        assert keyword not in message
+
+
+def test_a_replayed_charge_says_it_was_a_replay(
+    env: dict[str, str], admin: SandboxAdmin, user: str
+) -> None:
+    token = admin.open_session(DEMO_PROVIDER_SLUG, user).session_token
+    run_env = {**env, "KNAI_SESSION_TOKEN": token}
+    charge = ("charge", "--amount", "100", "--model", "gpt-4", "--idempotency-key", "replay-me")
+    first, second = knai(*charge, env=run_env), knai(*charge, env=run_env)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert _json(first.stdout)["replayed"] is False
+    assert "replayed" not in first.stderr
+    assert _json(second.stdout)["replayed"] is True
+    assert "knai charge: replayed: Idempotency-Key replay-me" in second.stderr
+    assert _json(first.stdout)["result"] == _json(second.stdout)["result"]
+    assert admin.balance(DEMO_PROVIDER_SLUG, user) == 900
+
+
+class _NotASandbox(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path.startswith("/_sandbox/"):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>hello</html>")
+        else:
+            self.send_error(404)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def not_a_sandbox() -> Iterator[str]:
+    """A loopback HTTP server that answers 200 with HTML where the sandbox's admin API lives."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotASandbox)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize("where", ["refused port", "not a sandbox", "wrong path"])
+def test_demo_against_no_sandbox_is_one_clear_line(
+    where: str, sandbox_url: str, not_a_sandbox: str
+) -> None:
+    url = {
+        "refused port": "http://127.0.0.1:9",
+        "not a sandbox": not_a_sandbox,
+        "wrong path": f"{sandbox_url}/v1",
+    }[where]
+    done = knai("demo", "--base-url", url)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("knai demo: ")
+    assert url in lines[0]
+    assert "knai sandbox" in lines[0]
+
+
+def test_demo_with_an_invalid_base_url_names_the_flag() -> None:
+    done = knai("demo", "--base-url", "ftp://127.0.0.1")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert _message(done).startswith("--base-url ")
+
+
+def test_sandbox_on_a_non_loopback_host_needs_allow_remote() -> None:
+    done = knai("sandbox", "--host", "0.0.0.0", "--port", "0")  # noqa: S104 (refused)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "--allow-remote" in done.stderr
+    assert "allow_remote" not in done.stderr
+
+
+def test_sandbox_with_allow_remote_serves_all_interfaces_and_warns() -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "knai",
+            "sandbox",
+            "--host",
+            "0.0.0.0",  # noqa: S104 (the point of the test)
+            "--port",
+            "0",
+            "--allow-remote",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        warning = proc.stderr.readline()
+        assert "WARNING" in warning
+        assert "no authentication" in warning
+        match = re.search(r"http://0\.0\.0\.0:(\d+)", proc.stdout.readline())
+        assert match
+        with SandboxAdmin(f"http://127.0.0.1:{match.group(1)}") as admin:
+            assert admin.balance(DEMO_PROVIDER_SLUG, "demo-user") > 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=15)
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()

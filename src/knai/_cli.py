@@ -6,10 +6,12 @@
     knai wait USER --wait-timeout 60  wait for an active session (JSON)
     knai charge --amount N --model M [--idempotency-key K]
 
-Credentials come from KNAI_API_KEY, KNAI_PROVIDER_SLUG and KNAI_BASE_URL (or
-the flags); the session token for `charge` from KNAI_SESSION_TOKEN. Results
-are JSON on stdout with secrets redacted; errors are JSON on stderr, with an
-exit code per error class (see `knai --help`).
+The API key comes from KNAI_API_KEY only (a flag would leave it in shell history
+and process lists); the slug from --slug or KNAI_PROVIDER_SLUG, the base URL
+from --base-url or KNAI_BASE_URL, the session token for `charge` from
+KNAI_SESSION_TOKEN. Results are JSON on stdout with secrets redacted; errors are
+JSON on stderr, naming the flag or variable at fault, with an exit code per
+error class (see `knai --help`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
+import os
+import re
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _errors as errors
 from ._redact import _redacted
+from ._version import __version__
 
 if TYPE_CHECKING:
     from ._models import ChargeResult, Session
@@ -42,7 +48,41 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (errors.KNAIError, 1),
 )
 
-_EPILOG = "exit codes: 0 ok, " + ", ".join(f"{code} {cls.__name__}" for cls, code in EXIT_CODES)
+_CREDENTIALS = (
+    "credentials: the API key from $KNAI_API_KEY (never a flag: it would stay in shell"
+    " history and process lists), the slug from --slug or $KNAI_PROVIDER_SLUG, the base URL"
+    " from --base-url or $KNAI_BASE_URL (default https://api.conx.ai)"
+)
+_SANDBOX_CREDENTIALS = (
+    "credentials: none needed; the sandbox's demo provider key is built in and"
+    " $KNAI_API_KEY is not read"
+)
+_EPILOG = (
+    _CREDENTIALS
+    + "; charge's session token from $KNAI_SESSION_TOKEN.\n\nexit codes: 0 ok, "
+    + ", ".join(f"{code} {cls.__name__}" for cls, code in EXIT_CODES)
+)
+_T = TypeVar("_T")
+
+
+def _checked(convert: Callable[[str], _T], ok: Callable[[_T], bool], wanted: str) -> Any:
+    """An argparse `type` that converts, then refuses values outside `wanted`."""
+
+    def parse(text: str) -> _T:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+        return value
+
+    return parse
+
+
+_port = _checked(int, lambda v: 0 <= v <= 65535, "a port number from 0 to 65535")
+_seconds = _checked(float, lambda v: math.isfinite(v) and v > 0, "a positive number of seconds")
+_retries = _checked(int, lambda v: v >= 0, "an integer >= 0")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,34 +91,51 @@ def _parser() -> argparse.ArgumentParser:
         description="KNAI Wallet SDK for providers: demo, sandbox and operator commands.",
         epilog=_EPILOG,
     )
+    parser.add_argument("--version", action="version", version=f"knai {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="walk through the README flow against a sandbox wallet")
+    demo = sub.add_parser(
+        "demo",
+        help="walk through the README flow against a sandbox wallet",
+        epilog=_SANDBOX_CREDENTIALS,
+    )
     demo.add_argument(
         "--base-url", help="use an already running sandbox at this URL instead of an embedded one"
     )
 
-    sandbox = sub.add_parser("sandbox", help="serve the sandbox wallet in the foreground")
+    sandbox = sub.add_parser(
+        "sandbox", help="serve the sandbox wallet in the foreground", epilog=_SANDBOX_CREDENTIALS
+    )
     sandbox.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
-    sandbox.add_argument("--port", type=int, default=8750, help="port (default 8750; 0 = any)")
+    sandbox.add_argument("--port", type=_port, default=8750, help="port (default 8750; 0 = any)")
+    sandbox.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host that other machines reach (0.0.0.0, say): the sandbox has no"
+        " authentication, so only on a trusted network such as a container's",
+    )
 
-    def api_command(name: str, help_text: str) -> argparse.ArgumentParser:
-        cmd = sub.add_parser(name, help=help_text)
+    def api_command(name: str, help_text: str, epilog: str = "") -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help_text, epilog=_CREDENTIALS + epilog)
         cmd.add_argument("--base-url", help="API base URL (default: $KNAI_BASE_URL or production)")
         cmd.add_argument("--slug", help="provider slug (default: $KNAI_PROVIDER_SLUG)")
-        cmd.add_argument("--timeout", type=float, help="per-request timeout in seconds")
-        cmd.add_argument("--max-retries", type=int, help="retries of transient failures")
+        cmd.add_argument("--timeout", type=_seconds, help="per-request timeout in seconds")
+        cmd.add_argument("--max-retries", type=_retries, help="retries of transient failures")
         return cmd
 
     session = api_command("session", "poll a user's session status once")
-    session.add_argument("provider_username")
+    session.add_argument("provider_username", metavar="USER", help="the provider_username")
 
     wait = api_command("wait", "wait until a user's session is active")
-    wait.add_argument("provider_username")
-    wait.add_argument("--wait-timeout", type=float, default=None, help="give up after seconds")
-    wait.add_argument("--poll-interval", type=float, default=1.5, help="seconds between polls")
+    wait.add_argument("provider_username", metavar="USER", help="the provider_username")
+    wait.add_argument("--wait-timeout", type=_seconds, default=None, help="give up after seconds")
+    wait.add_argument("--poll-interval", type=_seconds, default=1.5, help="seconds between polls")
 
-    charge = api_command("charge", "charge a session (token from $KNAI_SESSION_TOKEN)")
+    charge = api_command(
+        "charge",
+        "charge a session (token from $KNAI_SESSION_TOKEN)",
+        "; the session token from $KNAI_SESSION_TOKEN",
+    )
     charge.add_argument("--amount", type=int, required=True, help="tokens to charge")
     charge.add_argument("--model", required=True, help="model id, e.g. gpt-4")
     charge.add_argument("--idempotency-key", help="replay-safe key (default: a new UUID)")
@@ -110,9 +167,59 @@ def exit_code(exc: BaseException) -> int:
     return 1
 
 
-def _run_api(args: argparse.Namespace) -> dict[str, Any]:
-    import os
+# What the CLI calls each SDK argument, so an error names what the user typed.
+_CALL_TERMS: dict[str, dict[str, str]] = {
+    "session": {"provider_username": "USER"},
+    "wait": {
+        "provider_username": "USER",
+        "timeout": "--wait-timeout",
+        "poll_interval": "--poll-interval",
+    },
+    "charge": {
+        "session_token": "KNAI_SESSION_TOKEN",
+        "amount_tokens": "--amount",
+        "model": "--model",
+        "idempotency_key": "--idempotency-key",
+    },
+}
 
+
+def _in_cli_terms(exc: ValueError, terms: Mapping[str, str]) -> ValueError:
+    """The same error with each SDK argument name (`timeout`, `model=`) replaced by its flag."""
+    message = str(exc)
+    for name, term in terms.items():
+        message = re.sub(rf"(?<![\w$-]){re.escape(name)}=?(?!\w)", term, message)
+    return ValueError(message)
+
+
+def _client_terms(args: argparse.Namespace) -> dict[str, str]:
+    return {
+        "provider_api_key": "KNAI_API_KEY",
+        "provider_slug": "--slug" if args.slug else "KNAI_PROVIDER_SLUG",
+        "base_url": "--base-url" if args.base_url else "KNAI_BASE_URL",
+        "timeout": "--timeout",
+        "max_retries": "--max-retries",
+    }
+
+
+def _required_env(variable: str, what: str, flag: str | None = None) -> str:
+    value = os.environ.get(variable)
+    if not value:
+        alternative = f"pass {flag} or " if flag else ""
+        raise ValueError(f"{variable} is not set: {alternative}export {what} as {variable}")
+    return value
+
+
+def _replayed(headers: Mapping[str, str]) -> bool:
+    """True when the wallet says it answered from an earlier charge with the same key.
+
+    The sandbox says so with `Idempotent-Replayed: true`; the real API's signal is
+    not documented, so there a replay the wallet does not flag reads as False.
+    """
+    return str(headers.get("idempotent-replayed", "")).lower() == "true"
+
+
+def _run_api(args: argparse.Namespace) -> dict[str, Any]:
     from ._client import KNAIProvider
 
     options: dict[str, Any] = {}
@@ -120,31 +227,47 @@ def _run_api(args: argparse.Namespace) -> dict[str, Any]:
         options["timeout"] = args.timeout
     if args.max_retries is not None:
         options["max_retries"] = args.max_retries
-    with KNAIProvider(provider_slug=args.slug, base_url=args.base_url, **options) as provider:
+    try:
+        api_key = _required_env("KNAI_API_KEY", "your provider API key")
+        slug = args.slug or _required_env("KNAI_PROVIDER_SLUG", "your provider slug", "--slug")
+        provider = KNAIProvider(api_key, slug, base_url=args.base_url, **options)
+    except ValueError as exc:
+        raise _in_cli_terms(exc, _client_terms(args)) from exc
+    with provider:
         result: Session | ChargeResult
-        if args.command == "session":
-            result = provider.get_session(args.provider_username)
-        elif args.command == "wait":
-            result = provider.wait_for_session(
-                args.provider_username, args.poll_interval, timeout=args.wait_timeout
-            )
-        else:
-            token = os.environ.get("KNAI_SESSION_TOKEN")
-            if not token:
-                raise ValueError("session_token is required: set KNAI_SESSION_TOKEN")
-            result = provider.charge(
-                token, args.amount, args.model, idempotency_key=args.idempotency_key
-            )
-    return {
+        try:
+            if args.command == "session":
+                result = provider.get_session(args.provider_username)
+            elif args.command == "wait":
+                result = provider.wait_for_session(
+                    args.provider_username, args.poll_interval, timeout=args.wait_timeout
+                )
+            else:
+                token = _required_env("KNAI_SESSION_TOKEN", "the session token to charge")
+                result = provider.charge(
+                    token, args.amount, args.model, idempotency_key=args.idempotency_key
+                )
+        except ValueError as exc:
+            raise _in_cli_terms(exc, _CALL_TERMS[args.command]) from exc
+    document: dict[str, Any] = {
         "ok": True,
         "result": result.to_dict(),
         "request_id": result.meta.request_id,
         "idempotency_key": result.meta.idempotency_key,
         "retries": result.meta.retries,
     }
+    if args.command == "charge":
+        document["replayed"] = _replayed(result.meta.headers)
+        if document["replayed"]:
+            print(
+                f"knai charge: replayed: Idempotency-Key {result.meta.idempotency_key} was"
+                " charged before; the wallet returned that charge and debited nothing more",
+                file=sys.stderr,
+            )
+    return document
 
 
-def _run_sandbox(host: str, port: int) -> int:
+def _run_sandbox(host: str, port: int, allow_remote: bool) -> int:
     from .testing import DEMO_API_KEY, DEMO_PROVIDER_SLUG, DEMO_USERNAME, run_forever
 
     def ready(url: str) -> None:
@@ -163,14 +286,50 @@ def _run_sandbox(host: str, port: int) -> int:
             flush=True,
         )
 
+    if allow_remote and host not in ("127.0.0.1", "::1", "localhost"):
+        print(
+            f"knai sandbox: WARNING: serving on {host}, which other machines may reach; the"
+            " sandbox has no authentication (anyone who reaches it can create wallets and read"
+            " session tokens): use it only on a trusted network",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
-        run_forever(host=host, port=port, on_ready=ready)
+        run_forever(host=host, port=port, on_ready=ready, allow_remote=allow_remote)
+    except ValueError as exc:
+        print(
+            f"knai sandbox: {exc}".replace(
+                "allow_remote=True (knai sandbox --allow-remote)", "--allow-remote"
+            ),
+            file=sys.stderr,
+        )
+        return 2
     except OSError as exc:
         print(
             f"knai sandbox: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr
         )
         return 1
     return 0
+
+
+def _run_demo(base_url: str | None) -> int:
+    import httpx
+
+    from ._args import check_base_url
+    from .testing._admin import SandboxAdminError
+    from .testing._demo import NoSandboxError, run_demo
+
+    if base_url is not None:
+        try:
+            base_url = check_base_url(base_url)
+        except ValueError as exc:
+            raise _in_cli_terms(exc, {"base_url": "--base-url"}) from exc
+    try:
+        return run_demo(base_url)
+    except (NoSandboxError, SandboxAdminError, httpx.HTTPError, errors.KNAIError) as exc:
+        # One line, not a traceback: the wallet at --base-url is missing or misbehaved.
+        print(f"knai demo: {exc}", file=sys.stderr)
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -187,10 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 return 1
             if args.command == "demo":
-                from .testing._demo import run_demo
-
-                return run_demo(args.base_url)
-            return _run_sandbox(args.host, args.port)
+                return _run_demo(args.base_url)
+            return _run_sandbox(args.host, args.port, args.allow_remote)
         _emit(sys.stdout, _run_api(args))
     except (ValueError, errors.KNAIError) as exc:
         _emit(sys.stderr, _error_document(exc))

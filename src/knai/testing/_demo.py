@@ -15,8 +15,10 @@ import secrets
 import time
 from collections.abc import Iterator
 
+import httpx
+
 from .. import InsufficientBalanceError, KNAIProvider, SessionExpiredError
-from ._admin import SandboxAdmin
+from ._admin import SandboxAdmin, SandboxAdminError
 from ._ledger import DEMO_API_KEY, DEMO_PROVIDER_SLUG
 
 _START_BALANCE = 5_000
@@ -31,11 +33,42 @@ def _say(text: str) -> None:
     print(f"    {text}")
 
 
+class NoSandboxError(Exception):
+    """``--base-url`` does not lead to a sandbox wallet; the message says what answered."""
+
+
+def _probe(admin: SandboxAdmin, url: str) -> None:
+    """Make sure `url` is a sandbox before the demo starts; raise NoSandboxError if not."""
+    hint = "pass the URL `knai sandbox` prints (no path after the port)"
+    try:
+        stats = admin.stats()
+    except httpx.TimeoutException:
+        raise NoSandboxError(f"no answer from {url} in time; {hint}") from None
+    except httpx.HTTPError as exc:
+        reason = str(exc) or type(exc).__name__
+        raise NoSandboxError(
+            f"cannot reach {url} ({reason}): start one with `knai sandbox`, or {hint}"
+        ) from None
+    except SandboxAdminError as exc:
+        raise NoSandboxError(
+            f"{url} is not a knai sandbox (GET /_sandbox/stats answered HTTP"
+            f" {exc.status_code}); {hint}"
+        ) from None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        stats = None
+    if stats is None:
+        raise NoSandboxError(
+            f"{url} is not a knai sandbox (GET /_sandbox/stats is not the sandbox's answer); {hint}"
+        )
+
+
 @contextlib.contextmanager
 def _wallet(base_url: str | None) -> Iterator[tuple[str, SandboxAdmin]]:
     if base_url is not None:
-        with SandboxAdmin(base_url) as admin:
-            yield base_url.rstrip("/"), admin
+        url = base_url.rstrip("/")
+        with SandboxAdmin(url, timeout=5.0) as admin:
+            _probe(admin, url)
+            yield url, admin
         return
     from ._server import serve
 

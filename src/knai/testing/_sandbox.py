@@ -57,10 +57,10 @@ class Sandbox:
         return self._admin
 
     def serve(
-        self, *, host: str = "127.0.0.1", port: int = 0
+        self, *, host: str = "127.0.0.1", port: int = 0, allow_remote: bool = False
     ) -> contextlib.AbstractContextManager[RunningSandbox]:
         """Serve this sandbox on a loopback socket for a ``with`` block (see ``serve``)."""
-        return serve(self.ledger, host=host, port=port)
+        return serve(self.ledger, host=host, port=port, allow_remote=allow_remote)
 
     def close(self) -> None:
         if self._admin is not None:

@@ -8,7 +8,8 @@
 ``run_forever()`` runs it in the calling thread until SIGINT/SIGTERM (the
 ``knai sandbox`` command). Neither prints anything nor touches logging
 configuration; uvicorn logs to the ``uvicorn.error`` logger as usual. Only
-loopback addresses are accepted: the admin API has no authentication.
+loopback addresses are accepted unless ``allow_remote=True``: the admin API has
+no authentication, so whoever reaches the port can mint wallets and read tokens.
 """
 
 from __future__ import annotations
@@ -66,17 +67,21 @@ class _Server(uvicorn.Server):
 
 @contextlib.contextmanager
 def serve(
-    ledger: Ledger | None = None, *, host: str = "127.0.0.1", port: int = 0
+    ledger: Ledger | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    allow_remote: bool = False,
 ) -> Iterator[RunningSandbox]:
     """Serve a sandbox over ``ledger`` (a demo one by default) on ``host:port``.
 
     ``port=0`` picks a free port. Returns once the server accepts connections;
     on exit the server shuts down and its thread is joined. Raises
-    ``ValueError`` for a non-loopback host, ``OSError`` if the port is taken,
-    ``RuntimeError`` if uvicorn fails to start.
+    ``ValueError`` for a non-loopback host (unless ``allow_remote``), ``OSError``
+    if the port is taken, ``RuntimeError`` if uvicorn fails to start.
     """
     ledger = ledger if ledger is not None else Ledger(demo=True)
-    sock = _bind(host, port)
+    sock = _bind(host, port, allow_remote=allow_remote)
     started = threading.Event()
     server = _Server(_config(ledger), started.set)
     thread = threading.Thread(
@@ -101,15 +106,17 @@ def run_forever(
     host: str = "127.0.0.1",
     port: int = 8750,
     on_ready: Callable[[str], None] | None = None,
+    allow_remote: bool = False,
 ) -> None:
     """Serve a sandbox in this thread until SIGINT or SIGTERM.
 
     ``on_ready(url)`` is called once the server accepts connections (to print
     the URL, say). When a signal stops it, uvicorn re-raises that signal after
-    a clean shutdown, so Ctrl-C surfaces as ``KeyboardInterrupt``.
+    a clean shutdown, so Ctrl-C surfaces as ``KeyboardInterrupt``. A
+    non-loopback ``host`` needs ``allow_remote=True`` (see ``serve``).
     """
     ledger = ledger if ledger is not None else Ledger(demo=True)
-    with _bind(host, port) as sock:
+    with _bind(host, port, allow_remote=allow_remote) as sock:
         url = _url(sock)
         server = _Server(_config(ledger), lambda: on_ready(url) if on_ready else None)
         server.run(sockets=[sock])
@@ -129,8 +136,8 @@ def _config(ledger: Ledger) -> uvicorn.Config:
     )
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = _loopback_family(host)
+def _bind(host: str, port: int, *, allow_remote: bool = False) -> socket.socket:
+    family = _family(host, port, allow_remote=allow_remote)
     # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets that say so,
     # and without it every response waits ~40 ms for a delayed ACK.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -143,16 +150,24 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _loopback_family(host: str) -> socket.AddressFamily:
+def _family(host: str, port: int, *, allow_remote: bool) -> socket.AddressFamily:
     if host == "localhost":
         return socket.AF_INET
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         address = None
-    if address is None or not address.is_loopback:
-        raise ValueError(f"the sandbox only listens on loopback addresses, not {host!r}")
-    return socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    if address is not None and address.is_loopback:
+        return socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    if not allow_remote:
+        raise ValueError(
+            f"the sandbox only listens on loopback addresses, not {host!r}: its admin API has"
+            " no authentication; pass allow_remote=True (knai sandbox --allow-remote) to serve"
+            " other machines on a trusted network"
+        )
+    if address is not None:
+        return socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
 
 
 def _url(sock: socket.socket) -> str:
