@@ -7,7 +7,9 @@ Starts its own loopback keep-alive server in a subprocess, installs
 knai-provider 0.1.0 (and matplotlib for the chart) into benchmarks/.vendor on
 first use, measures sync charge CPU, async throughput, import time, memory and
 wait_for_session latency, prints the tables and writes benchmarks/RESULTS.md and
-benchmarks/results.png. See benchmarks/README.md.
+benchmarks/results.png (a --quick run writes benchmarks/quick/ instead, which
+git ignores, so the tracked figures only ever come from a full run; --out DIR
+writes elsewhere). See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -104,6 +106,13 @@ def _check_imports() -> None:
         raise SystemExit(f"`knai` resolves to {knai.__file__}, not the project's src/")
 
 
+def output_dir(quick: bool, out: Path | None = None) -> Path:
+    """Where RESULTS.md and results.png go: --out, else quick/ for a --quick run."""
+    if out is not None:
+        return out
+    return HERE / "quick" if quick else HERE
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="knai-provider benchmarks (issue 4)")
     parser.add_argument("--quick", action="store_true", help="~1-2 minute run")
@@ -112,7 +121,11 @@ def main() -> int:
     )
     parser.add_argument("--no-chart", action="store_true", help="do not draw results.png")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target fails")
+    parser.add_argument(
+        "--out", type=Path, help="folder for RESULTS.md and results.png (default: see above)"
+    )
     args = parser.parse_args()
+    out = output_dir(args.quick, args.out)
     mode = "quick" if args.quick else "full"
     settings = SETTINGS[mode]
     report = _report.Report(mode, dict(settings))
@@ -184,10 +197,11 @@ def main() -> int:
     log = HERE / "OPTIMISATIONS.md"
     if log.exists():
         text += "\n" + log.read_text()
-    (HERE / "RESULTS.md").write_text(text)
-    print(f"wrote {HERE / 'RESULTS.md'}")
-    if not args.no_chart and _report.chart(report, HERE / "results.png"):
-        print(f"wrote {HERE / 'results.png'}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "RESULTS.md").write_text(text)
+    print(f"wrote {out / 'RESULTS.md'}")
+    if not args.no_chart and _report.chart(report, out / "results.png"):
+        print(f"wrote {out / 'results.png'}")
     print(f"total {time.monotonic() - started:.0f} s")
     failed = [t.name for t in report.targets if not t.passed]
     print(f"targets and guards: {len(report.targets) - len(failed)} pass, {len(failed)} fail")
