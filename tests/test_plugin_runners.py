@@ -205,3 +205,28 @@ def test_one_server_serves_the_session_and_each_test_starts_from_a_reset_wallet(
     done = run_pytest(tmp_path, source)
     assert done.returncode == 0, outcome(done)
     assert "3 passed" in done.stdout
+
+
+def test_an_overridden_knai_sandbox_is_the_wallet_served(tmp_path: Path) -> None:
+    """A project's own `knai_sandbox` (its own ledger) is what the server and provider reach."""
+    source = """
+    import pytest
+    from knai.testing import Ledger, Sandbox
+
+    @pytest.fixture
+    def knai_sandbox():
+        ledger = Ledger()
+        ledger.add_provider("demo-provider", "sk_test_knai_sandbox_demo_key_not_secret")
+        ledger.add_user("demo-provider", "carol", balance=7)
+        with Sandbox(ledger) as sandbox:
+            yield sandbox
+
+    def test_served(knai_sandbox, knai_sandbox_server, knai_provider):
+        assert knai_sandbox_server.ledger is knai_sandbox.ledger
+        token = knai_sandbox_server.admin.open_session("demo-provider", "carol").session_token
+        assert knai_provider.charge(token, 5, "gpt-4").remaining_balance == 2
+        assert knai_sandbox.ledger.balance("demo-provider", "carol") == 2
+    """
+    done = run_pytest(tmp_path, source)
+    assert done.returncode == 0, outcome(done)
+    assert "1 passed" in done.stdout

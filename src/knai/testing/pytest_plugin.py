@@ -100,10 +100,17 @@ def knai_sandbox(_knai_session_ledger: Ledger) -> Iterator[Sandbox]:
 
 @pytest.fixture
 def knai_sandbox_server(
-    knai_sandbox: Sandbox, _knai_session_server: RunningSandbox
-) -> RunningSandbox:
+    knai_sandbox: Sandbox, request: pytest.FixtureRequest
+) -> Iterator[RunningSandbox]:
     """The ``knai_sandbox`` wallet served over loopback (one server for the whole session)."""
-    return _knai_session_server
+    session_ledger = request.getfixturevalue("_knai_session_ledger")
+    if knai_sandbox.ledger is session_ledger:
+        yield request.getfixturevalue("_knai_session_server")
+        return
+    # A project that overrides `knai_sandbox` (its own Ledger, a fake clock) gets
+    # that wallet served, on a server of its own for the test.
+    with knai_sandbox.serve() as running:
+        yield running
 
 
 @pytest.fixture
@@ -147,7 +154,7 @@ def knai_async_provider(request: pytest.FixtureRequest) -> AsyncKNAIProvider:
         provider: AsyncKNAIProvider = request.getfixturevalue("_knai_async_provider_anyio")
         return provider
     if (
-        pytest_asyncio is not None
+        "_knai_async_provider_asyncio" in globals()
         and request.config.pluginmanager.has_plugin("asyncio")
         and request.node.get_closest_marker("asyncio") is not None
     ):
@@ -164,7 +171,8 @@ async def _knai_async_provider_anyio(
         yield provider
 
 
-if pytest_asyncio is not None:
+# pytest_asyncio.fixture appeared in 0.17; an older one simply is not used.
+if getattr(pytest_asyncio, "fixture", None) is not None:
 
     @pytest_asyncio.fixture
     async def _knai_async_provider_asyncio(
