@@ -455,3 +455,23 @@ def test_sandbox_with_allow_remote_serves_all_interfaces_and_warns() -> None:
         for stream in (proc.stdout, proc.stderr):
             if stream:
                 stream.close()
+
+
+def test_demo_against_a_running_sandbox_needs_no_sandbox_extra(
+    tmp_path: Path, sandbox_url: str
+) -> None:
+    """Only serving needs starlette/uvicorn: a demo against --base-url is plain httpx."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Blocker:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] in ('starlette', 'uvicorn'):\n"
+        "            raise ModuleNotFoundError(name, name=name)\n"
+        "sys.meta_path.insert(0, _Blocker())\n"
+        "import importlib.util as u\n"
+        "_find = u.find_spec\n"
+        "u.find_spec = lambda n, *a: None if n in ('starlette', 'uvicorn') else _find(n, *a)\n"
+    )
+    done = knai("demo", "--base-url", sandbox_url, env={"PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ledger agrees: yes" in done.stdout

@@ -337,11 +337,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command in ("demo", "sandbox"):
-            missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+            from .testing._extra import EXTRA_MODULES, INSTALL_HINT
+
+            # Only serving a sandbox needs the extra: a demo against --base-url is httpx alone.
+            serves = args.command == "sandbox" or args.base_url is None
+            missing = [m for m in EXTRA_MODULES if serves and importlib.util.find_spec(m) is None]
             if missing:
                 print(
                     f"knai {args.command} needs the sandbox extra ({', '.join(missing)} missing):"
-                    ' pip install "knai-provider[sandbox]"',
+                    f" {INSTALL_HINT}",
                     file=sys.stderr,
                 )
                 return 1
