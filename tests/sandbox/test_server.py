@@ -19,9 +19,21 @@ from knai.testing import DEMO_PROVIDER_SLUG, DEMO_USERNAME, RunningSandbox, Sand
 
 from .conftest import PROTOCOL_HEADERS, STATUS_PATH
 
+# The pytest plugin's session-wide server (tests/test_plugin*.py) lives until the
+# run ends; these tests count the servers they start themselves.
+_EARLIER: set[threading.Thread] = set()
+
+
+@pytest.fixture(autouse=True)
+def _ignore_earlier_servers() -> None:
+    _EARLIER.clear()
+    _EARLIER.update(t for t in threading.enumerate() if t.name == "knai-sandbox-server")
+
 
 def _server_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "knai-sandbox-server"]
+    return [
+        t for t in threading.enumerate() if t.name == "knai-sandbox-server" and t not in _EARLIER
+    ]
 
 
 def test_serve_listens_on_a_free_loopback_port_and_leaves_nothing_behind() -> None:
