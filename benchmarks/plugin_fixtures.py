@@ -40,7 +40,7 @@ def anyio_backend():
 """
 
 
-def run_suite(body: str, count: int) -> float:
+def run_suite(body: str, count: int, plugin: str | None = None) -> float:
     with tempfile.TemporaryDirectory() as folder:
         tests = HEAD + "".join(
             body.format(i=i).replace("import pytest\n", "") for i in range(count)
@@ -49,7 +49,19 @@ def run_suite(body: str, count: int) -> float:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
         started = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:asyncio"],
+            [
+                *(
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "-q",
+                    "-p",
+                    "no:cacheprovider",
+                    "-p",
+                    "no:asyncio",
+                ),
+                *(("-p", "no:knai", "-p", plugin) if plugin else ()),
+            ],
             cwd=folder,
             env=env,
             capture_output=True,
@@ -65,10 +77,14 @@ def run_suite(body: str, count: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tests", type=int, default=100)
+    parser.add_argument(
+        "--plugin",
+        help="an importable module to load instead of knai's plugin (an older copy, to compare)",
+    )
     args = parser.parse_args()
     for name, body in (("knai_provider (sync)", SYNC), ("knai_async_provider", ASYNC)):
-        one = min(run_suite(body, 1) for _ in range(2))
-        many = run_suite(body, args.tests)
+        one = min(run_suite(body, 1, args.plugin) for _ in range(2))
+        many = run_suite(body, args.tests, args.plugin)
         per_test = (many - one) / (args.tests - 1)
         print(
             f"{name:<22} {args.tests} tests {many:6.2f} s, 1 test {one:5.2f} s:"
