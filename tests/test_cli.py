@@ -360,6 +360,39 @@ def test_a_replayed_charge_says_it_was_a_replay(
     assert admin.balance(DEMO_PROVIDER_SLUG, user) == 900
 
 
+def test_a_refusal_answered_from_its_key_is_flagged_replayed(
+    env: dict[str, str], admin: SandboxAdmin, user: str
+) -> None:
+    """The wallet records a 402 under its key too: the second answer is that refusal, replayed."""
+    token = admin.open_session(DEMO_PROVIDER_SLUG, user).session_token
+    run_env = {**env, "KNAI_SESSION_TOKEN": token}
+    charge = ("charge", "--amount", "5000", "--model", "gpt-4", "--idempotency-key", "too-much")
+    first, second = knai(*charge, env=run_env), knai(*charge, env=run_env)
+    assert first.returncode == second.returncode == 4
+    assert _json(first.stderr)["error"]["replayed"] is False
+    assert _json(second.stderr)["error"]["replayed"] is True
+    assert admin.balance(DEMO_PROVIDER_SLUG, user) == 1_000
+
+
+def test_sandbox_with_allow_remote_on_loopback_does_not_warn() -> None:
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "knai", "sandbox", "--host", "127.0.0.2", "--port", "0"),
+            "--allow-remote",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "http://127.0.0.2:" in proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    assert "WARNING" not in err
+
+
 class _NotASandbox(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path.startswith("/_sandbox/"):

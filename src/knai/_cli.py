@@ -156,6 +156,9 @@ def _error_document(exc: BaseException) -> dict[str, Any]:
             may_have_been_applied=exc.may_have_been_applied,
             attempts=exc.attempts,
         )
+        if exc.idempotency_key is not None and exc.headers is not None:
+            # A refusal (402) is recorded under its key too, and replayed as such.
+            info["replayed"] = _replayed(exc.headers)
     return {"ok": False, "error": info}
 
 
@@ -267,6 +270,15 @@ def _run_api(args: argparse.Namespace) -> dict[str, Any]:
     return document
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _run_sandbox(host: str, port: int, allow_remote: bool) -> int:
     from .testing import DEMO_API_KEY, DEMO_PROVIDER_SLUG, DEMO_USERNAME, run_forever
 
@@ -286,7 +298,7 @@ def _run_sandbox(host: str, port: int, allow_remote: bool) -> int:
             flush=True,
         )
 
-    if allow_remote and host not in ("127.0.0.1", "::1", "localhost"):
+    if allow_remote and not _is_loopback(host):
         print(
             f"knai sandbox: WARNING: serving on {host}, which other machines may reach; the"
             " sandbox has no authentication (anyone who reaches it can create wallets and read"
