@@ -55,6 +55,16 @@ def test_serve_refuses_to_listen_beyond_loopback(host: str) -> None:
         pass  # pragma: no cover
 
 
+def test_serve_beyond_loopback_only_when_allowed_and_the_refusal_says_how() -> None:
+    with pytest.raises(ValueError, match="allow_remote=True"), serve(host="0.0.0.0"):  # noqa: S104
+        pass  # pragma: no cover
+    with serve(host="0.0.0.0", allow_remote=True) as running:  # noqa: S104
+        port = running.url.rsplit(":", 1)[1]
+        assert running.url == f"http://0.0.0.0:{port}"
+        reply = httpx.get(f"http://127.0.0.1:{port}/_sandbox/stats", trust_env=False)
+        assert reply.status_code == 200
+
+
 def test_serve_on_a_taken_port_raises_oserror() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
