@@ -9,10 +9,12 @@ messages, reply = the last user message's words cycled to `reply_words`.
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -300,3 +302,14 @@ def test_import_knai_testing_does_not_load_the_fake() -> None:
     code = "import sys, knai.testing; print('knai.testing._fake_llm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(httpx2 is None, reason="the README example uses httpx2")
+def test_readme_example_runs() -> None:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("## Testing your integration\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", section, re.DOTALL) if "FakeLLM" in b]
+    namespace: dict[str, Any] = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    assert namespace["reply"].choices[0].message.content == "hello there hello there hello"
+    namespace["client"].close()

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -558,3 +560,36 @@ async def test_expired_session_is_dropped_and_reported(
         await async_cache.get("bob")
     assert caught.value.last_status == "expired"
     assert status_calls(served) == 2
+
+
+# -- the README's examples ----------------------------------------------------
+
+
+def readme_section_blocks(name: str) -> list[str]:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+
+
+def test_readme_sync_example_bills_a_user_and_reports_one_without_a_session(
+    served: RunningSandbox, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KNAI_API_KEY", DEMO_API_KEY)
+    monkeypatch.setenv("KNAI_PROVIDER_SLUG", DEMO_PROVIDER_SLUG)
+    monkeypatch.setenv("KNAI_BASE_URL", served.url)
+    open_sessions(served, ["carol"])
+    served.ledger.add_user(DEMO_PROVIDER_SLUG, "dave", balance=10)
+    sync_example = readme_section_blocks("Serving a paid endpoint")[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(sync_example, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    try:
+        result = namespace["bill"]("carol", 250)
+        assert result.remaining_balance == 10_000 - 250
+        assert namespace["bill"]("dave", 1) is None
+        assert "dave has no active session (inactive)" in capsys.readouterr().out
+    finally:
+        namespace["provider"].close()
+
+
+def test_readme_async_example_compiles() -> None:
+    compile(readme_section_blocks("Serving a paid endpoint")[1], "README.md", "exec")
