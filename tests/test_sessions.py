@@ -593,3 +593,56 @@ def test_readme_sync_example_bills_a_user_and_reports_one_without_a_session(
 
 def test_readme_async_example_compiles() -> None:
     compile(readme_section_blocks("Serving a paid endpoint")[1], "README.md", "exec")
+
+
+async def test_no_token_in_errors_stats_or_logs(
+    caches: MakeCache,
+    api: respx.MockRouter,
+    status: respx.Route,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("DEBUG")
+    api.post(CHARGE).mock(return_value=reply(410, {"error": "Session has expired"}))
+    cache = caches()
+    with pytest.raises(SessionExpiredError) as expired:
+        await cache.charge()
+    status.mock(return_value=reply(200, PENDING))
+    missing = await cache.no_session()
+    seen = [repr(cache.stats()), caplog.text, repr(cache.cache)]
+    for exc in (expired.value, missing):
+        seen += [str(exc), repr(exc), repr(exc.args), repr(vars(exc))]
+    assert not [text for text in seen if TOKEN in text]
+
+
+def test_threads_sharing_an_interrupted_call_get_an_error_not_the_interrupt(
+    client: KNAIProvider, api: respx.MockRouter
+) -> None:
+    gate = threading.Event()
+
+    def interrupted(request: httpx.Request) -> httpx.Response:
+        gate.wait(10)
+        raise KeyboardInterrupt
+
+    api.get(STATUS).mock(side_effect=interrupted)
+    cache = SessionCache(client)
+    outcomes: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            cache.get(USER)
+        except BaseException as exc:  # recording what each thread saw, interrupts too
+            outcomes.append(exc)
+
+    leader = threading.Thread(target=ask)
+    leader.start()
+    while cache.stats().misses < 1:
+        gate.wait(0.001)
+    follower = threading.Thread(target=ask)
+    follower.start()
+    while cache.stats().misses < 2:
+        gate.wait(0.001)
+    gate.set()
+    leader.join()
+    follower.join()
+    kinds = sorted(type(exc).__name__ for exc in outcomes)
+    assert kinds == ["KNAIError", "KeyboardInterrupt"]

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import AsyncKNAIProvider, KNAIProvider, SessionExpiredError
+from . import AsyncKNAIProvider, KNAIError, KNAIProvider, SessionExpiredError
 from . import SessionWaitTimeoutError as _WaitTimeout
 from ._sessions_core import (
     DEFAULT_EXPIRY_MARGIN,
@@ -147,8 +147,12 @@ class SessionCache:
         try:
             flight.session = self._fetch(provider_username, seconds, flight)
             return flight.session
-        except BaseException as exc:
+        except Exception as exc:
             flight.error = exc
+            raise
+        except BaseException:
+            # KeyboardInterrupt and the like belong to this thread; the others get an error.
+            flight.error = KNAIError("the status call this request shared was interrupted")
             raise
         finally:
             with self._lock:
