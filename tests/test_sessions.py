@@ -9,6 +9,7 @@ over a loopback socket when many requests for the same users arrive at once.
 from __future__ import annotations
 
 import asyncio
+import pickle
 import random
 import re
 import subprocess
@@ -646,3 +647,46 @@ def test_threads_sharing_an_interrupted_call_get_an_error_not_the_interrupt(
     follower.join()
     kinds = sorted(type(exc).__name__ for exc in outcomes)
     assert kinds == ["KNAIError", "KeyboardInterrupt"]
+
+
+def test_sessions_module_exports_exactly_its_public_names() -> None:
+    import knai.sessions
+
+    names = {"AsyncSessionCache", "CacheStats", "NoActiveSessionError", "SessionCache"}
+    assert set(knai.sessions.__all__) == names
+    for name in names:
+        value = getattr(knai.sessions, name)
+        assert value.__module__ == "knai.sessions"
+        assert value.__doc__
+
+
+def test_no_active_session_error_survives_pickling() -> None:
+    exc = pickle.loads(pickle.dumps(NoActiveSessionError(USER, "pending")))  # noqa: S301 - our own bytes
+    assert (type(exc), exc.provider_username, exc.last_status) == (
+        NoActiveSessionError,
+        USER,
+        "pending",
+    )
+    assert str(exc) == str(NoActiveSessionError(USER, "pending"))
+
+
+def test_invalidate_during_a_call_does_not_keep_its_answer_sync(
+    client: KNAIProvider, api: respx.MockRouter
+) -> None:
+    gate = threading.Event()
+
+    def slow_status(request: httpx.Request) -> httpx.Response:
+        gate.wait(10)
+        return reply(200, ACTIVE)
+
+    route = api.get(STATUS).mock(side_effect=slow_status)
+    cache = SessionCache(client)
+    asking = threading.Thread(target=cache.get, args=(USER,))
+    asking.start()
+    while cache.stats().misses < 1:
+        gate.wait(0.001)
+    cache.invalidate(USER)
+    gate.set()
+    asking.join()
+    cache.get(USER)
+    assert route.call_count == 2

@@ -48,6 +48,10 @@ class NoActiveSessionError(KNAIError):
         self.provider_username = provider_username
         self.last_status = last_status
 
+    def __reduce__(self) -> tuple[type[NoActiveSessionError], tuple[str, str | None]]:
+        # Pickled (by multiprocessing, error trackers) from its own arguments, not the message.
+        return type(self), (self.provider_username, self.last_status)
+
 
 @dataclass(frozen=True)
 class CacheStats:

@@ -56,6 +56,9 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncSessionCache", "CacheStats", "NoActiveSessionError", "SessionCache"]
 
+# Tracebacks and reprs name the public home of these two.
+CacheStats.__module__ = NoActiveSessionError.__module__ = __name__
+
 
 class _Flight:
     """One status call that several threads wait on."""
@@ -251,6 +254,13 @@ class AsyncSessionCache:
 
         The status call runs in its own task: cancelling this `get` leaves it
         running for the other callers waiting on it.
+
+        Args:
+            provider_username: The wallet user's name on your platform.
+            wait: Seconds to wait for activation on a miss (default: the cache's).
+
+        Returns:
+            The active `Session`.
 
         Raises:
             NoActiveSessionError: The user has no active session (`.last_status`).
