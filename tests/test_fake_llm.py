@@ -251,6 +251,25 @@ async def test_anthropic_stream_cut_mid_answer_raises_in_the_sdk(llm: Clients) -
         await llm.message_stream()
 
 
+async def test_anthropic_stream_cut_delivers_the_deltas_before_it(llm: Clients) -> None:
+    received: list[str] = []
+
+    async def read() -> None:
+        stream = await llm.message(stream=True, extra_headers={"X-FakeLLM-Fail-After": "3"})
+        if llm.is_async:
+            async for event in stream:
+                received.append(event.type)
+        else:
+            for event in stream:
+                received.append(event.type)
+
+    with pytest.raises((anthropic.APIConnectionError, *TRANSPORT_ERRORS)):
+        await read()
+    # The SDK drops the ping; in process the answer comes whole or not at all.
+    expected = ["message_start", "content_block_start", *["content_block_delta"] * 3]
+    assert received == (expected if llm.loopback else [])
+
+
 async def test_anthropic_bad_request_is_a_400_the_sdk_raises(llm: Clients) -> None:
     with pytest.raises(anthropic.BadRequestError, match="model"):
         await llm.message(model="")
@@ -265,6 +284,29 @@ async def test_requests_are_recorded_without_headers(llm: Clients) -> None:
     assert [r.path for r in llm.fake.requests] == ["/v1/chat/completions", "/v1/messages"]
     assert llm.fake.requests[0].body["messages"] == PROMPT
     assert "sk-fake" not in repr(llm.fake.requests)
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "headers", "error"),
+    [
+        ("/v1/chat/completions", b"{not json", {}, {"type": "invalid_request_error"}),
+        ("/v1/messages", b"[1, 2]", {}, {"type": "invalid_request_error"}),
+        ("/v1/chat/completions", None, {"X-FakeLLM-Fail-After": "soon"}, {"code": None}),
+    ],
+)
+def test_malformed_requests_get_a_400_in_the_apis_error_shape(
+    path: str, content: bytes | None, headers: dict[str, str], error: dict[str, Any]
+) -> None:
+    fake = FakeLLM()
+    body = {"model": "m", "messages": PROMPT}
+    with httpx.Client(transport=fake.transport(), base_url=fake.url) as client:
+        if content is None:
+            answer = client.post(path, json=body, headers=headers)
+        else:
+            answer = client.post(path, content=content, headers=headers)
+    assert answer.status_code == 400
+    assert error.items() <= answer.json()["error"].items()
+    assert fake.requests == []
 
 
 def test_same_request_same_answer() -> None:

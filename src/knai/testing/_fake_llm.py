@@ -8,7 +8,7 @@ Point the real SDKs at it, in process or over a loopback socket::
     fake = FakeLLM(reply_words=5)
     client = openai.OpenAI(
         api_key="unused", base_url=fake.base_url,
-        http_client=httpx.Client(transport=fake.transport()),
+        http_client=httpx2.Client(transport=fake.httpx2_transport()),  # httpx: fake.transport()
     )
     with fake.serve() as running:
         anthropic.Anthropic(api_key="unused", base_url=running.url)
@@ -101,6 +101,8 @@ class FakeLLM:
             the connection drops, with no final usage, ``[DONE]`` or
             ``message_stop`` (default: never). A request's
             ``X-FakeLLM-Fail-After`` header overrides it.
+
+    The options are plain attributes: change them between requests at will.
 
     Raises:
         TypeError, ValueError: An option is not a (large enough) int.
