@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._admin import SandboxAdmin, SandboxAdminError
     from ._app import create_app
+    from ._fake_llm import FakeLLM, FakeLLMRequest, RunningFakeLLM
     from ._faults import DropWhen, Endpoint, Fault, PendingFault, SandboxStats
     from ._ledger import (
         DEMO_API_KEY,
@@ -53,12 +54,15 @@ __all__ = [
     "ConflictError",
     "DropWhen",
     "Endpoint",
+    "FakeLLM",
+    "FakeLLMRequest",
     "Fault",
     "Ledger",
     "LedgerError",
     "NotFoundError",
     "PendingFault",
     "Reply",
+    "RunningFakeLLM",
     "RunningSandbox",
     "Sandbox",
     "SandboxAdmin",
@@ -75,6 +79,7 @@ __all__ = [
 _MODULE_OF: dict[str, str] = {
     **dict.fromkeys(["SandboxAdmin", "SandboxAdminError"], "._admin"),
     "create_app": "._app",
+    **dict.fromkeys(["FakeLLM", "FakeLLMRequest", "RunningFakeLLM"], "._fake_llm"),
     **dict.fromkeys(["DropWhen", "Endpoint", "Fault", "PendingFault", "SandboxStats"], "._faults"),
     **dict.fromkeys(
         [
