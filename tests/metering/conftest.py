@@ -66,6 +66,13 @@ class Flavour:
         self.name = name
         self.sync = sync
         self.async_ = async_
+        self.last: Metered | None = None
+
+    async def settle(self, metered: Metered) -> None:
+        if isinstance(metered, AsyncMeteredStream):
+            await metered.settle()
+        else:
+            metered.settle()
 
     def meter(self, prices: PriceTable | None = None) -> Meter | AsyncMeter:
         return Meter(self.sync, prices) if self.name == "sync" else AsyncMeter(self.async_, prices)
@@ -81,7 +88,7 @@ class Flavour:
         self,
         meter: Meter | AsyncMeter,
         token: str,
-        upstream: Upstream,
+        upstream: Any,
         *,
         model: str,
         key: str,
@@ -92,14 +99,18 @@ class Flavour:
         got: list[Any] = []
         if isinstance(meter, AsyncMeter):
             async with meter.stream(token, model=model, key=key, step=step) as ametered:
-                upstream.metered = ametered
+                self.last = ametered
+                if isinstance(upstream, Upstream):
+                    upstream.metered = ametered
                 async for chunk in ametered.wrap(upstream):
                     got.append(chunk)
                     if each is not None:
                         each(len(got) - 1)
             return ametered, got
         with meter.stream(token, model=model, key=key, step=step) as metered:
-            upstream.metered = metered
+            self.last = metered
+            if isinstance(upstream, Upstream):
+                upstream.metered = metered
             for chunk in metered.wrap(upstream):
                 got.append(chunk)
                 if each is not None:
