@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -93,9 +94,9 @@ class Flavour:
         model: str,
         key: str,
         step: int,
-        each: Callable[[int], None] | None = None,
+        each: Callable[[int], object] | None = None,
     ) -> tuple[Metered, list[Any]]:
-        """Consume `upstream` through a metered stream; `each(i)` runs after chunk i."""
+        """Consume `upstream` metered; `each(i)` runs (or is awaited) after chunk i."""
         got: list[Any] = []
         if isinstance(meter, AsyncMeter):
             async with meter.stream(token, model=model, key=key, step=step) as ametered:
@@ -104,8 +105,8 @@ class Flavour:
                     upstream.metered = ametered
                 async for chunk in ametered.wrap(upstream):
                     got.append(chunk)
-                    if each is not None:
-                        each(len(got) - 1)
+                    if each is not None and inspect.isawaitable(done := each(len(got) - 1)):
+                        await done
             return ametered, got
         with meter.stream(token, model=model, key=key, step=step) as metered:
             self.last = metered
@@ -113,8 +114,8 @@ class Flavour:
                 upstream.metered = metered
             for chunk in metered.wrap(upstream):
                 got.append(chunk)
-                if each is not None:
-                    each(len(got) - 1)
+                if each is not None and inspect.isawaitable(done := each(len(got) - 1)):
+                    await done
         return metered, got
 
 
