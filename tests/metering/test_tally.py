@@ -142,3 +142,17 @@ def test_the_reported_usage_of_the_final_chunk_matches_usage_of() -> None:
     stream = fx.chat_chunks("chat_stream_usage")
     tally, _ = run(stream, Price(1, 1), 10**9)
     assert tally.usage == usage_of(stream[-1])
+
+
+def test_plain_objects_of_the_chat_shape_are_read_even_with_fields_missing() -> None:
+    """LiteLLM-style objects: attributes, some absent or None, read like the SDK's."""
+    from types import SimpleNamespace as Obj
+
+    stream = [
+        Obj(choices=[Obj(delta=Obj(content="Hi"))], usage=None),
+        Obj(choices=[Obj(delta=Obj(tool_calls=[{"index": 0}]))]),
+        Obj(choices=None, usage=Obj(prompt_tokens=7, completion_tokens=3)),
+    ]
+    tally, _ = run(stream, Price(1, 1), 10**9)
+    assert tally.deltas == 2
+    assert tally.usage == Usage(7, 0, 0, 3)

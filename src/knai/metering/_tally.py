@@ -22,7 +22,7 @@ from ._usage import Usage
 
 __all__ = ["StreamTally"]
 
-_CHAT, _EVENT, _OTHER, _DICT = 1, 2, 3, 4
+_CHAT, _EVENT, _OTHER, _DICT, _CHAT_OBJECT = 1, 2, 3, 4, 5
 
 # Responses API events whose non-empty `delta` is model output.
 _RESPONSE_DELTAS = frozenset(
@@ -104,10 +104,13 @@ class StreamTally:
         cls = type(chunk)
         kind = self._kinds.get(cls)
         if kind is None:
-            kind = self._kinds[cls] = _DICT if isinstance(chunk, Mapping) else _kind_of(chunk)
+            kind = _DICT if isinstance(chunk, Mapping) else _kind_of(chunk)
+            self._kinds[cls] = _CHAT_OBJECT if kind == _CHAT else kind
         if kind == _DICT:
             kind = _kind_of(chunk)
-        if kind == _CHAT:
+        if kind == _CHAT_OBJECT:
+            grew = self._chat_object(chunk)
+        elif kind == _CHAT:
             grew = self._chat(chunk)
         elif kind == _EVENT:
             grew = self._event(chunk)
@@ -123,6 +126,22 @@ class StreamTally:
             if _has_output(field(choice, "delta")):
                 counted += 1
         usage = field(chunk, "usage")
+        if usage is not None:
+            self.report = read_usage(usage)
+        return self._count(counted)
+
+    def _chat_object(self, chunk: Any) -> bool:
+        # The hot path of an SDK stream: plain attribute reads, falling back to
+        # the duck-typed reader for an object that lacks one.
+        try:
+            counted = 0
+            for choice in chunk.choices:
+                delta = choice.delta
+                if delta is not None and (delta.content or _has_output(delta)):
+                    counted += 1
+            usage = chunk.usage
+        except (AttributeError, TypeError):  # no such attribute, or choices is None
+            return self._chat(chunk)
         if usage is not None:
             self.report = read_usage(usage)
         return self._count(counted)
