@@ -168,5 +168,33 @@ def main() -> None:
     )
 
 
+def inline_increments() -> None:
+    """What a sync inline increment costs the stream: wall time, sandbox on loopback."""
+    from knai.testing import DEMO_API_KEY, DEMO_PROVIDER_SLUG, DEMO_USERNAME, Sandbox
+
+    chunks = body("chat_stream_usage", "json")[:2_000]
+    increments = 100
+    with Sandbox() as sandbox, sandbox.serve() as running:
+        running.admin.top_up(DEMO_PROVIDER_SLUG, DEMO_USERNAME, 10**9)
+        with KNAIProvider(DEMO_API_KEY, DEMO_PROVIDER_SLUG, running.url) as provider:
+            meter = Meter(provider)
+
+            def run(step: int, key: str) -> float:
+                token = running.admin.open_session(DEMO_PROVIDER_SLUG, DEMO_USERNAME).session_token
+                start = time.perf_counter()
+                with meter.stream(token, model="gpt-4o", key=key, step=step) as metered:
+                    for _chunk in metered.wrap(chunks):
+                        pass
+                return time.perf_counter() - start
+
+            runs = 3 if QUICK else 5
+            quiet = min(run(NEVER, f"quiet-{i}") for i in range(runs))
+            busy = min(run(len(chunks) // increments, f"busy-{i}") for i in range(runs))
+    per = (busy - quiet) / increments * 1e3
+    print(f"sync inline increment (sandbox on loopback): {per:.2f} ms of wall time each")
+
+
 if __name__ == "__main__":
     main()
+    print()
+    inline_increments()
