@@ -146,3 +146,15 @@ def test_a_bad_price_file_is_a_value_error_naming_it(
     path.write_text(text)
     with pytest.raises(ValueError, match=match):
         PriceTable.from_file(path)
+
+
+def test_toml_without_tomllib_or_tomli_says_which_extra_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.10 has no tomllib: without tomli the error names the `toml` extra."""
+    path = tmp_path / "prices.toml"
+    path.write_text(TOML)
+    monkeypatch.setattr(sys, "version_info", (3, 10, 14, "final", 0))
+    monkeypatch.setitem(sys.modules, "tomli", None)  # makes `import tomli` fail
+    with pytest.raises(ValueError, match=r"knai-provider\[toml\]"):
+        PriceTable.from_file(path)

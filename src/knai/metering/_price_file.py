@@ -17,6 +17,7 @@ JSON is the same table as an object. Numbers with a fraction are read as
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -34,8 +35,9 @@ def _toml_loader() -> Callable[..., dict[str, Any]]:
 
         return tomllib.load
     try:
-        import tomli
-    except ImportError:  # pragma: no cover - exercised on Python 3.10 only
+        # Through importlib: tomli is optional, so type checkers may not have it.
+        tomli = importlib.import_module("tomli")
+    except ImportError:
         raise ValueError(
             "reading a TOML price file on Python 3.10 needs the tomli package:"
             " pip install 'knai-provider[toml]' (or use a .json file)"
