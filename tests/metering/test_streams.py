@@ -248,3 +248,57 @@ async def test_an_exception_inside_the_block_still_settles_what_was_streamed(
     assert ledger(admin) == [("e:1", 3), ("e:2", 3), ("e:final", 1)]
     assert metered.charged == 7
     assert not metered.exact
+
+
+async def test_a_cancelled_async_block_still_settles_in_the_background(
+    knai_async_provider: Any, admin: SandboxAdmin
+) -> None:
+    """A disconnect cancels the handler, twice (as a cancel scope would): still all charged."""
+    from knai.metering import AsyncMeter
+
+    token = wallet(admin, "alice", 100_000)
+    meter = AsyncMeter(knai_async_provider)
+    seen: list[Any] = []
+    holder: list[AsyncMeteredStream] = []
+
+    async def handler() -> None:
+        async with meter.stream(token, model="gpt-4o", key="c", step=5) as metered:
+            holder.append(metered)
+            async for chunk in metered.wrap(Upstream(long_chat(200), pace=0.005)):
+                seen.append(chunk)
+
+    task = asyncio.ensure_future(handler())
+    while len(seen) < 23:  # the role chunk and 22 deltas: increments at 5, 10, 15, 20
+        await asyncio.sleep(0.001)
+    task.cancel()
+    await asyncio.sleep(0.003)  # the block is settling now: cancel that too
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await _wait_for(admin, 5)
+    [metered] = holder
+    deadline = time.monotonic() + 5  # the settlement's answer lands in the background
+    while metered.charged < sum(a for _, a in ledger(admin)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert [key for key, _ in ledger(admin)] == ["c:1", "c:2", "c:3", "c:4", "c:final"]
+    assert (
+        sum(amount for _, amount in ledger(admin)) == metered.charged == metered.usage.output_tokens
+    )
+    assert not metered.exact
+
+
+async def test_the_session_token_is_in_no_repr(flavour: Flavour, admin: SandboxAdmin) -> None:
+    token = wallet(admin, "alice", 100_000)
+    admin.inject_fault("charge", drop="before", times=3)
+    metered, _ = await flavour.stream(
+        flavour.meter(),
+        token,
+        Upstream(fx.chat_chunks("chat_stream_usage")),
+        model="gpt-4o",
+        key="t",
+        step=10**6,
+    )
+    assert metered.unsettled
+    assert token not in repr(metered)
+    assert token not in repr(metered.unsettled)
+    assert token not in str(metered.unsettled[0].error)
