@@ -158,3 +158,8 @@ def test_toml_without_tomllib_or_tomli_says_which_extra_to_install(
     monkeypatch.setitem(sys.modules, "tomli", None)  # makes `import tomli` fail
     with pytest.raises(ValueError, match=r"knai-provider\[toml\]"):
         PriceTable.from_file(path)
+
+
+def test_pricing_anything_but_a_usage_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="usage_of"):
+        PriceTable().amount("m", {"prompt_tokens": 3})  # type: ignore[arg-type]

@@ -156,3 +156,16 @@ def test_plain_objects_of_the_chat_shape_are_read_even_with_fields_missing() -> 
     tally, _ = run(stream, Price(1, 1), 10**9)
     assert tally.deltas == 2
     assert tally.usage == Usage(7, 0, 0, 3)
+
+
+def test_the_chunk_events_of_openais_stream_helper_count_once() -> None:
+    """`client.chat.completions.stream()` yields "chunk" events and "content.delta" repeats."""
+    events: list[Any] = []
+    for chunk in fx.raw("chat_stream_usage"):
+        events.append({"type": "chunk", "chunk": chunk, "snapshot": {}})
+        content = (chunk["choices"] or [{}])[0].get("delta", {}).get("content")
+        if content:
+            events.append({"type": "content.delta", "delta": content, "snapshot": content})
+    tally, _ = run(events, Price(1, 1), 10**9)
+    assert tally.deltas == 12
+    assert tally.usage == Usage(128, 1920, 0, 12)

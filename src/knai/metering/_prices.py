@@ -101,6 +101,8 @@ class Price:
 
     def scaled(self, usage: Usage) -> int:
         """`cost(usage)` times `self.denominator`: an int."""
+        if not isinstance(usage, Usage):
+            raise TypeError(f"usage must be a Usage (see usage_of), not {type(usage).__name__}")
         _, rate_in, rate_cached, rate_write, rate_out = self._scaled
         return (
             usage.input_tokens * rate_in

@@ -159,6 +159,12 @@ class StreamTally:
         handler = _EVENTS.get(field(event, "type"))
         return False if handler is None else handler(self, event)
 
+    def _chunk_event(self, event: Any) -> bool:
+        # openai's `chat.completions.stream()` helper wraps each raw chunk in a
+        # "chunk" event (its "content.delta" events repeat them and are ignored).
+        chunk = field(event, "chunk")
+        return False if chunk is None else self._chat(chunk)
+
     def _block_delta(self, event: Any) -> bool:
         delta = field(event, "delta")
         if field(delta, "text") or field(delta, "thinking") or field(delta, "partial_json"):
@@ -257,6 +263,7 @@ class StreamTally:
 
 
 _EVENTS: dict[Any, Callable[[StreamTally, Any], bool]] = {
+    "chunk": StreamTally._chunk_event,
     "content_block_delta": StreamTally._block_delta,
     "message_start": StreamTally._message_start,
     "message_delta": StreamTally._message_delta,
