@@ -151,9 +151,14 @@ def test_plain_objects_of_the_chat_shape_are_read_even_with_fields_missing() -> 
     stream = [
         Obj(choices=[Obj(delta=Obj(content="Hi"))], usage=None),
         Obj(choices=[Obj(delta=Obj(tool_calls=[{"index": 0}]))]),
+        Obj(type="content_block_delta", delta=Obj(type="text_delta", text="!")),
         Obj(choices=None, usage=Obj(prompt_tokens=7, completion_tokens=3)),
     ]
     tally, _ = run(stream, Price(1, 1), 10**9)
+    assert tally.deltas == 3
+    assert tally.usage == Usage(7, 0, 0, 3)
+    # And the other way round: a class first seen as an event, then as a chunk.
+    tally, _ = run([stream[2], stream[0], stream[3]], Price(1, 1), 10**9)
     assert tally.deltas == 2
     assert tally.usage == Usage(7, 0, 0, 3)
 

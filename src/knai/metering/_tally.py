@@ -141,7 +141,8 @@ class StreamTally:
                     counted += 1
             usage = chunk.usage
         except (AttributeError, TypeError):  # no such attribute, or choices is None
-            return self._chat(chunk)
+            # A class of several shapes (a generic event object): read this one by shape.
+            return self._event(chunk) if _kind_of(chunk) == _EVENT else self._chat(chunk)
         if usage is not None:
             self.report = read_usage(usage)
         return self._count(counted)
@@ -156,8 +157,12 @@ class StreamTally:
         return False
 
     def _event(self, event: Any) -> bool:
-        handler = _EVENTS.get(field(event, "type"))
-        return False if handler is None else handler(self, event)
+        kind = field(event, "type")
+        handler = _EVENTS.get(kind)
+        if handler is not None:
+            return handler(self, event)
+        # Without a type, an object of a class first seen as an event is a chat chunk.
+        return False if isinstance(kind, str) else self._chat(event)
 
     def _chunk_event(self, event: Any) -> bool:
         # openai's `chat.completions.stream()` helper wraps each raw chunk in a
