@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import _errors as errors
+from . import errors
 from ._redact import _redacted
 
 if TYPE_CHECKING:

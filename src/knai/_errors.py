@@ -23,14 +23,14 @@ as 0.1.0 did. The first four classes, their attributes, default messages and
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypeAlias
+
+from ._json import JSONValue
 
 __all__ = [
     "APIConnectionError",
     "APITimeoutError",
     "InsufficientBalanceError",
     "InvalidAPIKeyError",
-    "JSONValue",
     "KNAIError",
     "RateLimitError",
     "ResponseValidationError",
@@ -38,9 +38,6 @@ __all__ = [
     "SessionExpiredError",
     "SessionWaitTimeoutError",
 ]
-
-#: Any value `json.loads` returns: the type of `KNAIError.response_body`.
-JSONValue: TypeAlias = dict[str, "JSONValue"] | list["JSONValue"] | str | int | float | bool | None
 
 
 class KNAIError(Exception):

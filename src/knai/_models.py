@@ -31,7 +31,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from ._errors import JSONValue, ResponseValidationError
+from ._errors import ResponseValidationError
+from ._json import JSONValue
 from ._redact import _redacted, secret_values
 from ._transport import ResponseMeta
 

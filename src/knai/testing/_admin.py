@@ -188,7 +188,9 @@ class SandboxAdmin:
         except ValueError:
             body = {"error": response.text}
         if response.is_error:
-            message = body.get("error") if isinstance(body, dict) else None
+            message: object = (
+                cast("dict[str, object]", body).get("error") if isinstance(body, dict) else None
+            )
             raise SandboxAdminError(response.status_code, str(message or response.reason_phrase))
         return cast("dict[str, Any]", body)
 

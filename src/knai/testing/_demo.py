@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 
 from .. import InsufficientBalanceError, KNAIProvider, SessionExpiredError
 from ._admin import SandboxAdmin
@@ -32,7 +32,7 @@ def _say(text: str) -> None:
 
 
 @contextlib.contextmanager
-def _wallet(base_url: str | None) -> Iterator[tuple[str, SandboxAdmin]]:
+def _wallet(base_url: str | None) -> Generator[tuple[str, SandboxAdmin], None, None]:
     if base_url is not None:
         with SandboxAdmin(base_url) as admin:
             yield base_url.rstrip("/"), admin

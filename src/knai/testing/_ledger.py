@@ -148,14 +148,14 @@ class _Session:
 @dataclass
 class _Wallet:
     balance: int
-    charges: list[Charge] = field(default_factory=list)
-    sessions: list[_Session] = field(default_factory=list)
+    charges: list[Charge] = field(default_factory=list[Charge])
+    sessions: list[_Session] = field(default_factory=list[_Session])
 
 
 @dataclass
 class _Provider:
     api_key: bytes = field(repr=False)
-    wallets: dict[str, _Wallet] = field(default_factory=dict)
+    wallets: dict[str, _Wallet] = field(default_factory=dict[str, _Wallet])
 
 
 @dataclass(frozen=True)
