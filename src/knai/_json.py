@@ -4,5 +4,5 @@ from typing import TypeAlias
 
 __all__ = ["JSONValue"]
 
-#: Any value `json.loads` returns: the type of `KNAIError.response_body`.
 JSONValue: TypeAlias = dict[str, "JSONValue"] | list["JSONValue"] | str | int | float | bool | None
+"""Any value `json.loads` returns: the type of `KNAIError.response_body`."""

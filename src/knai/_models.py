@@ -43,9 +43,12 @@ __all__ = ["ActiveSession", "ChargeResult", "Session", "SessionStatus", "parse_p
 
 _PayloadT = TypeVar("_PayloadT", bound="_Payload")
 
-#: The session statuses the SDK knows. Any other status the service sends is
-#: read as `"unknown"` on `Session.status`; `session["status"]` keeps it as sent.
 SessionStatus = Literal["pending", "active", "expired", "revoked", "unknown"]
+"""The session statuses the SDK knows, the type of `Session.status`.
+
+Any other status the service sends reads as `"unknown"` there, and
+`session["status"]` keeps it as sent.
+"""
 _KNOWN_STATUSES: frozenset[str] = frozenset(SessionStatus.__args__)  # type: ignore[attr-defined]
 
 _NO_RESPONSE = ResponseMeta()

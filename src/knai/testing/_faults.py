@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 Endpoint = Literal["status", "charge"]
+"""The protocol endpoints a fault can target: session status and charge."""
 DropWhen = Literal["before", "after"]
+"""When a dropping fault cuts the connection: before or after the request is applied."""
 
 ENDPOINTS: tuple[Endpoint, ...] = get_args(Endpoint)
 DROP_WHEN: tuple[DropWhen, ...] = get_args(DropWhen)
@@ -154,6 +156,7 @@ class FaultPlan:
             return cleared
 
     def stats(self) -> SandboxStats:
+        """Requests seen and faults fired per endpoint since the last reset."""
         with self._lock:
             return SandboxStats(dict(self._requests), dict(self._fired))
 

@@ -37,7 +37,7 @@ class Sandbox:
     """Base URL to pair with ``transport()`` / ``async_transport()`` (any URL works)."""
 
     def __init__(self, ledger: Ledger | None = None) -> None:
-        self.ledger = ledger if ledger is not None else Ledger(demo=True)
+        self.ledger: Ledger = ledger if ledger is not None else Ledger(demo=True)
         self.app: Starlette = create_app(self.ledger)
         self._admin: SandboxAdmin | None = None
 
@@ -63,6 +63,7 @@ class Sandbox:
         return serve(self.ledger, host=host, port=port)
 
     def close(self) -> None:
+        """Close `admin`, if it was created; the ledger and app stay usable."""
         if self._admin is not None:
             self._admin.close()
             self._admin = None
