@@ -5,10 +5,13 @@ checks it on its own and fails unless mypy --strict and pyright strict each
 report an error on every marked line, and on no other line.
 """
 
+# ruff: noqa: I001, F401 - a misspelt import stays on its own marked line, unused
+
 from __future__ import annotations
 
 import knai
-from knai import KNAIProvider, Session, SessionStatus, Sesion  # must fail
+from knai import KNAIProvider, Session, SessionStatus
+from knai import Sesion  # must fail
 from knai.testing import Sandbx  # must fail
 
 
