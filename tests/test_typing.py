@@ -63,8 +63,12 @@ def _pyright_errors(report: dict[str, object]) -> list[dict[str, object]]:
     return [d for d in diagnostics if isinstance(d, dict) and d.get("severity") == "error"]
 
 
+# Reported on must_fail.py's import lines whether or not the name exists.
+_NOT_A_TYPE_ERROR = {"reportUnusedImport", "reportUnusedVariable"}
+
+
 def _pyright_on(path: Path, tmp_path: Path) -> set[int]:
-    """Lines (1-based) where pyright strict reports an error in `path` alone."""
+    """Lines (1-based) where pyright strict reports a type error in `path` alone."""
     config = {
         "include": [os.path.relpath(path, tmp_path)],
         "pythonVersion": "3.10",
@@ -76,6 +80,8 @@ def _pyright_on(path: Path, tmp_path: Path) -> set[int]:
     report = _pyright("-p", str(tmp_path / "pyrightconfig.json"))
     lines = set()
     for error in _pyright_errors(report):
+        if error.get("rule") in _NOT_A_TYPE_ERROR:
+            continue
         where = error["range"]
         assert isinstance(where, dict)
         lines.add(where["start"]["line"] + 1)
@@ -177,14 +183,14 @@ def test_examples_are_found() -> None:
 
 
 def test_readme_and_docstring_examples_type_check_under_mypy_strict(tmp_path: Path) -> None:
-    files: dict[Path, str] = {}
+    files: dict[str, str] = {}
     for number, (where, block) in enumerate(_readme_blocks() + _docstring_blocks()):
         path = tmp_path / f"example_{number}.py"
         path.write_text(PRELUDE + block)
-        files[path] = where
-    errors = _mypy_errors(*files)
+        files[path.name] = where
+    errors = _mypy_errors(*(tmp_path / name for name in files))
     assert errors == [], "\n".join(
-        f"{files[Path(path)]}, line {line - PRELUDE.count(chr(10))}: {message}"
+        f"{files[Path(path).name]}, line {line - PRELUDE.count(chr(10))}: {message}"
         for path, line, message in errors
     )
 
