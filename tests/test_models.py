@@ -580,3 +580,20 @@ def test_model_copy_with_update_is_refused(
 ) -> None:
     with pytest.raises(TypeError, match="model_validate"):
         model.model_copy(update=update, deep=deep)
+
+
+def test_model_dump_include_and_exclude_apply_to_the_wire_json() -> None:
+    """Excluding the token before logging a dump must leave it out."""
+    session = _parse(Session, {**SESSION_JSON, "note": None})
+    assert "session_token" not in session.model_dump(exclude={"session_token"})
+    assert TOKEN not in session.model_dump_json(exclude={"session_token"})
+    assert session.model_dump(include={"status", "plan"}) == {
+        "status": "active",
+        "plan": SESSION_JSON["plan"],
+    }
+    assert session.model_dump(exclude={"plan": {"limits"}})["plan"] == {"tier": "pro"}
+    assert session.model_dump(include={"plan": {"tier"}}) == {"plan": {"tier": "pro"}}
+    assert "note" not in session.model_dump(exclude_none=True)
+    assert session.model_dump()["note"] is None
+    record = _UserRecord(user="u1", session=session)
+    assert TOKEN not in record.model_dump_json(exclude={"session": {"session_token"}})

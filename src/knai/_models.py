@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ModelWrapValidatorHandler,
     PrivateAttr,
+    SerializationInfo,
     SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
@@ -108,10 +109,14 @@ class _Payload(BaseModel, Mapping[str, Any], extra="allow", frozen=True):
         return raw
 
     @model_serializer(mode="wrap")
-    def _dump_wire_json(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _dump_wire_json(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> dict[str, Any]:
         # Every serialisation (model_dump, model_dump_json, TypeAdapter, a model
-        # nested in the user's, a FastAPI response) is the JSON the server sent.
-        return copy.deepcopy(self._json)
+        # nested in the user's, a FastAPI response) is the JSON the server sent,
+        # less what the caller's include / exclude / exclude_none leave out (a
+        # caller excluding session_token before logging must not get it back).
+        return _select(self._json, info.include, info.exclude, info.exclude_none)
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """Copy the model; `update` is refused, as the payload is what the server sent.
@@ -187,6 +192,37 @@ class _Payload(BaseModel, Mapping[str, Any], extra="allow", frozen=True):
     def __repr_args__(self) -> Any:
         # What pydantic's rich / devtools / pretty representations print.
         return list(_redacted(self._json).items())
+
+
+def _select(
+    raw: dict[str, Any], include: object, exclude: object, drop_none: bool
+) -> dict[str, Any]:
+    """A deep copy of `raw` with pydantic's include / exclude specs applied to its keys."""
+    picked: dict[str, Any] = {}
+    items: dict[str, object] = raw
+    for key, value in items.items():
+        keep = _spec_for(include, key, everything=True)
+        drop = _spec_for(exclude, key, everything=False)
+        if keep is None or drop is True or (drop_none and value is None):
+            continue
+        if isinstance(value, dict) and (keep is not True or drop not in (None, False)):
+            inner = cast("dict[str, Any]", value)
+            picked[key] = _select(inner, None if keep is True else keep, drop, drop_none)
+        else:
+            picked[key] = copy.deepcopy(value)
+    return picked
+
+
+def _spec_for(spec: object, key: str, *, everything: bool) -> object:
+    # pydantic passes a set of keys, or a dict of key -> True / nested spec.
+    if spec is None:
+        return True if everything else None
+    if isinstance(spec, (set, frozenset)):
+        return True if key in spec else None
+    if isinstance(spec, dict):
+        nested = cast("dict[object, object]", spec).get(key)
+        return True if nested is ... else nested
+    return True if everything else None
 
 
 def _set_private(model: BaseModel, name: str, value: object) -> None:
