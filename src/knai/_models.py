@@ -205,7 +205,8 @@ def _select(
         drop = _spec_for(exclude, key, everything=False)
         if keep is None or drop is True or (drop_none and value is None):
             continue
-        if isinstance(value, dict) and (keep is not True or drop not in (None, False)):
+        nested = keep is not True or drop not in (None, False)
+        if nested and isinstance(value, dict):
             inner = cast("dict[str, Any]", value)
             picked[key] = _select(inner, None if keep is True else keep, drop, drop_none)
         else:
