@@ -22,6 +22,7 @@ from knai import (
     ResponseMeta,
     ResponseValidationError,
     Session,
+    SessionWaitTimeoutError,
 )
 from knai._models import parse_payload
 from tests._twin import Twin
@@ -440,7 +441,7 @@ def test_status_the_sdk_does_not_know_reads_unknown_and_stays_raw(status: str) -
     assert json.loads(session.to_json())["status"] == status
 
 
-@pytest.mark.parametrize("status", ["pending", "active", "expired", "revoked"])
+@pytest.mark.parametrize("status", ["pending", "active", "inactive", "expired", "revoked"])
 def test_known_statuses_read_as_sent(status: str) -> None:
     assert Session.model_validate({"status": status, "session_token": TOKEN}).status == status
 
@@ -597,3 +598,12 @@ def test_model_dump_include_and_exclude_apply_to_the_wire_json() -> None:
     assert session.model_dump()["note"] is None
     record = _UserRecord(user="u1", session=session)
     assert TOKEN not in record.model_dump_json(exclude={"session": {"session_token"}})
+
+
+@pytest.mark.anyio
+async def test_wait_timeout_names_the_status_as_sent_not_unknown(
+    twin: Twin, api: respx.MockRouter
+) -> None:
+    api.get(STATUS_PATH).respond(200, json={"status": "suspended"})
+    with pytest.raises(SessionWaitTimeoutError, match="'suspended'"):
+        await twin.wait_for_session("user123", poll_interval=0.01, timeout=0.05)

@@ -87,7 +87,7 @@ class _SessionWait:
 
     def seen(self, session: Session) -> TypeGuard[ActiveSession]:
         # Parsing gives an ActiveSession exactly when the status is active.
-        self.last_status = session.status
+        self.last_status = session.get("status")  # as sent, even one the SDK does not know
         self.last_error = None
         return session.is_active
 

@@ -44,7 +44,7 @@ __all__ = ["ActiveSession", "ChargeResult", "Session", "SessionStatus", "parse_p
 
 _PayloadT = TypeVar("_PayloadT", bound="_Payload")
 
-SessionStatus = Literal["pending", "active", "expired", "revoked", "unknown"]
+SessionStatus = Literal["pending", "active", "inactive", "expired", "revoked", "unknown"]
 """The session statuses the SDK knows, the type of `Session.status`.
 
 Any other status the service sends reads as `"unknown"` there, and
