@@ -144,18 +144,23 @@ def _readme_blocks() -> list[tuple[str, str]]:
 
 
 def _literal_blocks(docstring: str) -> list[str]:
-    """The reST literal blocks (after a line ending in `::`) of a docstring."""
+    """The examples of a docstring: reST literal blocks (after a line ending in
+    `::`) and Google-style `Example:` sections."""
     blocks: list[str] = []
-    lines = textwrap.dedent(docstring).splitlines()
+    lines = docstring.splitlines()
     for number, line in enumerate(lines):
-        if not line.rstrip().endswith("::"):
+        if not line.rstrip().endswith("::") and line.strip() not in ("Example:", "Examples:"):
             continue
         body: list[str] = []
         for following in lines[number + 1 :]:
             if following.strip() and not following.startswith((" ", "\t")):
                 break
             body.append(following)
-        blocks.append(textwrap.dedent("\n".join(body)).strip() + "\n")
+        code = textwrap.dedent("\n".join(body)).strip() + "\n"
+        if "await " in code or "async with" in code:
+            # An async example is the body of a coroutine.
+            code = "async def _example() -> None:\n" + textwrap.indent(code, "    ")
+        blocks.append(code)
     return blocks
 
 
@@ -163,14 +168,17 @@ def _docstring_blocks() -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     for path in sorted((ROOT / "src" / "knai").rglob("*.py")):
         tree = ast.parse(path.read_text())
-        nodes = [tree, *ast.walk(tree)]
-        for node in nodes:
+        for node in ast.walk(tree):
             if not isinstance(
                 node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
             ):
                 continue
             docstring = ast.get_docstring(node, clean=False)
-            for block in _literal_blocks(docstring or ""):
+            # Strip the docstring's own indentation (that of the body it opens)
+            # and no more, so that a block stays indented under its `::` line.
+            indent = 0 if isinstance(node, ast.Module) else node.col_offset + 4
+            text = "\n".join(line[indent:] for line in (docstring or "").splitlines())
+            for block in _literal_blocks(text):
                 if "├──" in block:  # the exception tree, a drawing
                     continue
                 found.append((f"{path.relative_to(ROOT)} docstring", block))
@@ -179,7 +187,9 @@ def _docstring_blocks() -> list[tuple[str, str]]:
 
 def test_examples_are_found() -> None:
     assert len(_readme_blocks()) >= 8
-    assert len({where for where, _ in _docstring_blocks()}) >= 4
+    blocks = _docstring_blocks()
+    assert len({where for where, _ in blocks}) >= 5
+    assert all(block.strip() for _, block in blocks)
 
 
 def test_readme_and_docstring_examples_type_check_under_mypy_strict(tmp_path: Path) -> None:

@@ -1,10 +1,13 @@
-"""``Sandbox``: one ledger, its app, and every way to reach it::
+"""``Sandbox``: one ledger, its app, and every way to reach it.
 
-with Sandbox() as sb:  # the demo provider is already there
-    client = httpx.Client(base_url=sb.url, transport=sb.transport())
-    sb.admin.inject_fault("charge", drop="after")
-    with sb.serve() as running:  # the same wallet on a real socket
-        ...
+The in-process transports, the admin handle and ``serve()`` all act on one
+wallet::
+
+    with Sandbox() as sb:  # the demo provider is already there
+        client = httpx.Client(base_url=sb.url, transport=sb.transport())
+        sb.admin.inject_fault("charge", drop="after")
+        with sb.serve() as running:  # the same wallet on a real socket
+            ...
 """
 
 from __future__ import annotations
