@@ -88,8 +88,8 @@ def _pyright_on(path: Path, tmp_path: Path) -> set[int]:
     return lines
 
 
-def _mypy_errors(*paths: Path) -> list[tuple[str, int, str]]:
-    done = _run("mypy", "--config-file", str(ROOT / "mypy.ini"), *map(str, paths))
+def _mypy_errors(*paths: Path, config: Path = ROOT / "mypy.ini") -> list[tuple[str, int, str]]:
+    done = _run("mypy", "--config-file", str(config), *map(str, paths))
     found = re.findall(r"^(.+?):(\d+): error: (.*)$", done.stdout, flags=re.MULTILINE)
     if done.returncode not in (0, 1) or (done.returncode == 1 and not found):
         pytest.fail(f"mypy did not run: {done.stdout}{done.stderr}")
@@ -129,6 +129,18 @@ def test_must_fail_file_marks_every_kind_of_typo() -> None:
 def test_mypy_rejects_every_marked_line_and_nothing_else() -> None:
     lines = {line for _, line, _ in _mypy_errors(MUST_FAIL)}
     assert lines == _marked_lines()
+
+
+def test_mypy_without_the_pydantic_plugin_agrees(tmp_path: Path) -> None:
+    """A user's mypy may not load pydantic's plugin: the frozen models and the
+    typed fields must not depend on it."""
+    config = tmp_path / "mypy.ini"
+    # Its own cache, kept between runs, so as not to invalidate the main one.
+    cache = ROOT / ".mypy_cache" / "without-plugin"
+    config.write_text(f"[mypy]\npython_version = 3.10\nstrict = True\ncache_dir = {cache}\n")
+    usage = ROOT / "tests" / "typing" / "usage.py"
+    assert _mypy_errors(usage, config=config) == []
+    assert {line for _, line, _ in _mypy_errors(MUST_FAIL, config=config)} == _marked_lines()
 
 
 def test_pyright_rejects_every_marked_line_and_nothing_else(tmp_path: Path) -> None:
