@@ -15,7 +15,7 @@ import copy
 import json
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, get_args
 
 from pydantic import (
     BaseModel,
@@ -50,7 +50,7 @@ SessionStatus = Literal["pending", "active", "inactive", "expired", "revoked", "
 Any other status the service sends reads as `"unknown"` there, and
 `session["status"]` keeps it as sent.
 """
-_KNOWN_STATUSES: frozenset[str] = frozenset(SessionStatus.__args__)  # type: ignore[attr-defined]
+_KNOWN_STATUSES: frozenset[str] = frozenset(get_args(SessionStatus))
 
 _NO_RESPONSE = ResponseMeta()
 
