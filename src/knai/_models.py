@@ -30,8 +30,8 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
-from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from ._dump import select, wire_json
 from ._errors import ResponseValidationError
 from ._json import JSONValue
 from ._redact import _redacted, secret_values
@@ -68,13 +68,6 @@ def _lenient(value: object, handler: ValidatorFunctionWrapHandler) -> object:
         return None
 
 
-def _wire_json(data: Mapping[str, object]) -> dict[str, Any]:
-    try:
-        return dict(to_jsonable_python(data))
-    except PydanticSerializationError:
-        raise ValueError("the payload must be JSON-serialisable") from None
-
-
 class _Payload(BaseModel, Mapping[str, Any], extra="allow", frozen=True):
     """A validated model that is also a read-only view of the JSON received."""
 
@@ -95,7 +88,7 @@ class _Payload(BaseModel, Mapping[str, Any], extra="allow", frozen=True):
         elif isinstance(data, Mapping):
             # A hand-built payload may hold datetimes: keep its JSON form, so
             # the dict view always reads like what a server would send.
-            _set_private(model, "_raw", _wire_json(data))  # pyright: ignore[reportUnknownArgumentType]
+            _set_private(model, "_raw", wire_json(data))  # pyright: ignore[reportUnknownArgumentType]
         return model
 
     @property
@@ -104,19 +97,19 @@ class _Payload(BaseModel, Mapping[str, Any], extra="allow", frozen=True):
         if raw is None:
             # model_construct() skips validation: its fields are the payload.
             fields = {k: v for k, v in self.__dict__.items() if k in self.model_fields_set}
-            raw = _wire_json({**fields, **(self.__pydantic_extra__ or {})})
+            raw = wire_json({**fields, **(self.__pydantic_extra__ or {})})
             _set_private(self, "_raw", raw)
         return raw
 
     @model_serializer(mode="wrap")
-    def _dump_wire_json(
+    def _dumpwire_json(
         self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
     ) -> dict[str, Any]:
         # Every serialisation (model_dump, model_dump_json, TypeAdapter, a model
         # nested in the user's, a FastAPI response) is the JSON the server sent,
         # less what the caller's include / exclude / exclude_none leave out (a
         # caller excluding session_token before logging must not get it back).
-        return _select(self._json, info.include, info.exclude, info.exclude_none)
+        return select(self._json, info.include, info.exclude, info.exclude_none)
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """Copy the model; `update` is refused, as the payload is what the server sent.
@@ -192,38 +185,6 @@ class _Payload(BaseModel, Mapping[str, Any], extra="allow", frozen=True):
     def __repr_args__(self) -> Any:
         # What pydantic's rich / devtools / pretty representations print.
         return list(_redacted(self._json).items())
-
-
-def _select(
-    raw: dict[str, Any], include: object, exclude: object, drop_none: bool
-) -> dict[str, Any]:
-    """A deep copy of `raw` with pydantic's include / exclude specs applied to its keys."""
-    picked: dict[str, Any] = {}
-    items: dict[str, object] = raw
-    for key, value in items.items():
-        keep = _spec_for(include, key, everything=True)
-        drop = _spec_for(exclude, key, everything=False)
-        if keep is None or drop is True or (drop_none and value is None):
-            continue
-        nested = keep is not True or drop not in (None, False)
-        if nested and isinstance(value, dict):
-            inner = cast("dict[str, Any]", value)
-            picked[key] = _select(inner, None if keep is True else keep, drop, drop_none)
-        else:
-            picked[key] = copy.deepcopy(value)
-    return picked
-
-
-def _spec_for(spec: object, key: str, *, everything: bool) -> object:
-    # pydantic passes a set of keys, or a dict of key -> True / nested spec.
-    if spec is None:
-        return True if everything else None
-    if isinstance(spec, (set, frozenset)):
-        return True if key in spec else None
-    if isinstance(spec, dict):
-        nested = cast("dict[object, object]", spec).get(key)
-        return True if nested is ... else nested
-    return True if everything else None
 
 
 def _set_private(model: BaseModel, name: str, value: object) -> None:
