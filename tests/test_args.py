@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import os
+import subprocess
+import sys
 from typing import Any
 
 import httpx
@@ -135,6 +139,109 @@ def test_max_connections_with_your_own_client_is_refused(cls: type[Any], own: ty
 def test_bad_base_url_is_refused(cls: type[Any], url: str) -> None:
     with pytest.raises(ValueError, match="base_url"):
         _make(cls, base_url=url)
+
+
+# URLs httpx will not take, or would misroute: each refused at construction.
+UNSENDABLE_URLS = [
+    "https://api.conx.ai:abc",
+    "https://api.conx.ai:99999",
+    "https://api.conx.ai:0",
+    "https://api.conx.ai:-1",
+    "https://api.conx.ai/?",
+    "https://api.conx.ai/#",
+    "https://api.conx.ai?",
+    "https://api.conx.ai/v1#frag",
+    "https://api.conx.ai/pa th",
+    "https://api.co\tnx.ai",
+    "https://api.conx.ai/\x00",
+    "https://api.conx.ai/\u00e9",
+    "https://[::1",
+    "https://exa mple.com",
+]
+
+
+@pytest.mark.parametrize("cls", CLIENTS)
+@pytest.mark.parametrize("url", UNSENDABLE_URLS)
+def test_base_url_httpx_cannot_send_to_is_a_value_error_at_construction(
+    cls: type[Any], url: str
+) -> None:
+    with pytest.raises(ValueError, match="base_url") as info:
+        _make(cls, base_url=url)
+    assert not isinstance(info.value, httpx.InvalidURL)
+
+
+@pytest.mark.parametrize("cls", CLIENTS)
+@pytest.mark.parametrize("url", UNSENDABLE_URLS[:6])
+def test_bad_base_url_from_the_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, cls: type[Any], url: str
+) -> None:
+    monkeypatch.setenv("KNAI_BASE_URL", url)
+    with pytest.raises(ValueError, match="KNAI_BASE_URL"):
+        _make(cls)
+
+
+@pytest.mark.parametrize("padding", ["\n", "\r\n", "\t", " ", "\n\n"])
+@pytest.mark.parametrize("source", ["argument", "environment"])
+def test_whitespace_around_base_url_is_stripped_and_requests_route_right(
+    monkeypatch: pytest.MonkeyPatch, padding: str, source: str
+) -> None:
+    """Env files often end lines with CR or a tab: the URL is still the URL."""
+    padded = f"{padding}http://127.0.0.1:8080/{padding}"
+    options: dict[str, Any] = {"base_url": padded}
+    if source == "environment":
+        monkeypatch.setenv("KNAI_BASE_URL", padded)
+        options = {}
+    with respx.mock(base_url="http://127.0.0.1:8080") as router:
+        route = router.get("/providers/session/status").respond(200, json=PENDING)
+        with _make(KNAIProvider, **options) as provider:
+            assert provider.base_url == "http://127.0.0.1:8080"
+            provider.get_session("user123")
+    assert route.calls.last.request.url.path == "/providers/session/status"
+    assert route.calls.last.request.url.query == b"provider_username=user123"
+
+
+@pytest.mark.parametrize("name", ["KNAI_API_KEY", "KNAI_PROVIDER_SLUG"])
+def test_secrets_from_env_files_lose_their_line_ending(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv("KNAI_API_KEY", API_KEY)
+    monkeypatch.setenv("KNAI_PROVIDER_SLUG", SLUG)
+    monkeypatch.setenv(name, f"{API_KEY if name == 'KNAI_API_KEY' else SLUG}\r\n")
+    with respx.mock(base_url=BASE_URL) as router:
+        route = router.get("/providers/session/status").respond(200, json=PENDING)
+        with KNAIProvider() as provider:
+            provider.get_session("user123")
+    headers = route.calls.last.request.headers
+    assert (headers["X-Provider-API-Key"], headers["X-Provider-Slug"]) == (API_KEY, SLUG)
+
+
+@pytest.mark.parametrize("name", ["KNAI_API_KEY", "KNAI_PROVIDER_SLUG"])
+@pytest.mark.parametrize("value", [f"{SECRET} tail", f"{SECRET}\x01", f"{SECRET}\u00e9"])
+def test_bad_secret_from_the_environment_names_the_variable_without_echo(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv("KNAI_API_KEY", API_KEY)
+    monkeypatch.setenv("KNAI_PROVIDER_SLUG", SLUG)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name) as info:
+        KNAIProvider()
+    assert SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["https://api.conx.ai:99999", "https://api.conx.ai/?"])
+def test_cli_reports_a_bad_base_url_without_a_traceback(url: str) -> None:
+    env = {**os.environ, "KNAI_API_KEY": API_KEY, "KNAI_PROVIDER_SLUG": SLUG, "KNAI_BASE_URL": url}
+    done = subprocess.run(
+        [sys.executable, "-m", "knai", "session", "user123"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "KNAI_BASE_URL" in done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("url", [f"http://user:{SECRET}@example.com", f"ftp://u:{SECRET}@x"])
@@ -269,6 +376,29 @@ async def test_bad_amount_is_refused_before_sending(
 async def test_largest_amount_is_sent(provider: Any, sent: respx.MockRouter) -> None:
     await _call(provider, "charge", TOKEN, 2**63 - 1, "gpt-4")
     assert b'"amount_tokens":9223372036854775807' in sent.calls.last.request.content
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "model",
+    ["gpt 4", "gpt-4\n", " gpt-4", "gpt-4\t", "gpt\u00a04", "gpt\u20284", "gpt\x00", "gpt\x7f"],
+)
+async def test_model_with_whitespace_or_control_characters_is_refused_before_sending(
+    provider: Any, sent: respx.MockRouter, model: str
+) -> None:
+    """As the README says: a model name holding whitespace is refused, not charged."""
+    with pytest.raises(ValueError, match="model"):
+        await _call(provider, "charge", TOKEN, 1500, model)
+    assert sent.calls.call_count == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("model", ["gpt-4", "claude-3.5-sonnet@2024", "modèle/v1", "a:b_c"])
+async def test_model_names_without_whitespace_are_sent_as_given(
+    provider: Any, sent: respx.MockRouter, model: str
+) -> None:
+    await _call(provider, "charge", TOKEN, 1500, model)
+    assert json.loads(sent.calls.last.request.content)["model"] == model
 
 
 @pytest.mark.anyio

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import re
 from typing import Any
@@ -364,3 +365,32 @@ async def test_charge_error_carries_the_callers_idempotency_key(
     assert route.calls.last.request.headers["Idempotency-Key"] == "order-42"
     assert exc.may_have_been_applied is False
     assert str(exc) == "balance too low (HTTP 402)"
+
+
+@pytest.mark.parametrize("name", knai._errors.__all__)
+def test_every_error_has_an_explicit_signature(name: str) -> None:
+    """No `*args, **kwargs`: IDEs and checkers see each argument and its type."""
+    parameters = inspect.signature(getattr(knai._errors, name)).parameters.values()
+    kinds = {p.kind for p in parameters}
+    assert inspect.Parameter.VAR_POSITIONAL not in kinds
+    assert inspect.Parameter.VAR_KEYWORD not in kinds
+    assert all(p.annotation is not inspect.Parameter.empty for p in parameters)
+
+
+def test_response_validation_error_takes_every_knai_error_field() -> None:
+    error = knai.ResponseValidationError(
+        "bad",
+        200,
+        {"status": 5},
+        raw_body=b'{"status":5}',
+        request_id="r1",
+        headers={"x": "1"},
+        idempotency_key="k",
+        may_have_been_applied=True,
+        attempts=2,
+        retry_after=1.5,
+    )
+    assert (error.message, error.status_code, error.response_body) == ("bad", 200, {"status": 5})
+    assert (error.raw_body, error.request_id, error.idempotency_key) == (b'{"status":5}', "r1", "k")
+    assert (error.may_have_been_applied, error.attempts, error.retry_after) == (True, 2, 1.5)
+    assert dict(error.headers or {}) == {"x": "1"}

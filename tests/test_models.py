@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 from collections.abc import Mapping, MutableMapping
 from datetime import datetime, timezone
 from typing import Any
 
+import httpx
 import pydantic
 import pytest
 import respx
 
 from knai import (
+    ActiveSession,
     AsyncKNAIProvider,
     ChargeResult,
     KNAIProvider,
     ResponseMeta,
     ResponseValidationError,
     Session,
+    SessionWaitTimeoutError,
 )
 from knai._models import parse_payload
+from tests._twin import Twin
 from tests.conftest import TOKEN
 
 STATUS_PATH = "/providers/session/status"
@@ -359,3 +365,245 @@ def test_validation_error_keeps_no_token_in_its_body_or_raw_bytes() -> None:
     assert info.value.response_body == {"status": 5, "session_token": "<redacted>"}
     assert TOKEN.encode() not in info.value.raw_body
     assert b"<redacted>" in info.value.raw_body
+
+
+# -- ActiveSession: the typed path to a token -----------------------------------
+
+
+@pytest.mark.anyio
+async def test_active_status_parses_as_active_session_and_pending_does_not(
+    twin: Twin, api: respx.MockRouter
+) -> None:
+    """`isinstance(session, ActiveSession)` is how a get_session caller narrows."""
+    api.get(STATUS_PATH).mock(
+        side_effect=[
+            httpx.Response(200, json={"status": "pending"}),
+            httpx.Response(200, json=SESSION_JSON),
+        ]
+    )
+    pending = await twin.get_session("user123")
+    active = await twin.get_session("user123")
+    assert type(pending) is Session
+    assert not isinstance(pending, ActiveSession)
+    assert isinstance(active, ActiveSession)
+    assert active.session_token == TOKEN
+    assert active.meta.status_code == 200
+    assert dict(active) == SESSION_JSON
+
+
+@pytest.mark.anyio
+async def test_wait_for_session_returns_an_active_session(
+    twin: Twin, api: respx.MockRouter
+) -> None:
+    api.get(STATUS_PATH).mock(
+        side_effect=[
+            httpx.Response(200, json={"status": "pending"}),
+            httpx.Response(200, json=SESSION_JSON),
+        ]
+    )
+    session = await twin.wait_for_session("user123", poll_interval=0.01)
+    assert isinstance(session, ActiveSession)
+    assert session.session_token == TOKEN
+
+
+def test_every_way_of_building_an_active_session_gives_the_subclass() -> None:
+    built = [
+        Session(status="active", session_token=TOKEN),
+        Session.model_validate({"status": "active", "session_token": TOKEN}),
+        Session.model_validate_json(json.dumps({"status": "active", "session_token": TOKEN})),
+        pydantic.TypeAdapter(Session).validate_python({"status": "active", "session_token": TOKEN}),
+        ActiveSession(status="active", session_token=TOKEN),
+    ]
+    for session in built:
+        assert type(session) is ActiveSession
+        assert session == built[0]
+        assert session.is_active
+
+
+def test_active_session_equals_the_session_with_the_same_json() -> None:
+    assert ActiveSession(status="active", session_token=TOKEN) == Session.model_construct(
+        status="active", session_token=TOKEN
+    )
+
+
+def test_active_session_refuses_a_payload_that_is_not_active() -> None:
+    with pytest.raises(pydantic.ValidationError, match="status"):
+        ActiveSession.model_validate({"status": "pending", "session_token": TOKEN})
+
+
+@pytest.mark.parametrize("status", ["suspended", "ACTIVE", "active "])
+def test_status_the_sdk_does_not_know_reads_unknown_and_stays_raw(status: str) -> None:
+    session = _parse(Session, {"status": status, "session_token": TOKEN})
+    assert session.status == "unknown"
+    assert session["status"] == status
+    assert not session.is_active
+    assert not isinstance(session, ActiveSession)
+    assert json.loads(session.to_json())["status"] == status
+
+
+@pytest.mark.parametrize("status", ["pending", "active", "inactive", "expired", "revoked"])
+def test_known_statuses_read_as_sent(status: str) -> None:
+    assert Session.model_validate({"status": status, "session_token": TOKEN}).status == status
+
+
+@pytest.mark.parametrize("model", [Session.model_validate(SESSION_JSON), ChargeResult()])
+def test_models_are_frozen(model: Session | ChargeResult) -> None:
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        model.status = "expired"  # type: ignore[misc]
+    assert type(model).model_config.get("frozen") is True
+
+
+# -- one serialisation: the JSON the server sent --------------------------------
+
+WIRE = [
+    (Session, SESSION_JSON),
+    (Session, {"status": "pending", "expires_at": "2030-01-02T03:04:05Z"}),
+    (Session, {"status": "suspended", "session_id": 7}),
+    (ChargeResult, CHARGE_JSON),
+    (ChargeResult, {"amount_tokens": "lots", "created_at": "2030-01-02T03:04:05Z"}),
+]
+
+
+@pytest.mark.parametrize(("cls", "payload"), WIRE)
+def test_model_dump_is_the_wire_json(cls: type[Any], payload: Any) -> None:
+    """No rewritten timestamps, no nulls for fields the server never sent."""
+    model = _parse(cls, payload)
+    assert model.model_dump() == payload
+    assert model.model_dump(mode="json") == payload
+    assert json.loads(model.model_dump_json()) == payload
+
+
+@pytest.mark.parametrize(("cls", "payload"), WIRE)
+def test_every_round_trip_gives_an_equal_model_and_the_same_json(
+    cls: type[Any], payload: Any
+) -> None:
+    model = _parse(cls, payload)
+    adapter = pydantic.TypeAdapter(cls)
+    copies = [
+        pickle.loads(pickle.dumps(model)),  # noqa: S301 - our own bytes
+        copy.deepcopy(model),
+        copy.copy(model),
+        model.model_copy(),
+        model.model_copy(deep=True),
+        cls.model_validate(model.model_dump()),
+        cls.model_validate_json(model.model_dump_json()),
+        cls.model_validate(model.to_dict()),
+        cls.model_validate_json(model.to_json()),
+        adapter.validate_python(adapter.dump_python(model)),
+        adapter.validate_json(adapter.dump_json(model)),
+    ]
+    for again in copies:
+        assert again == model
+        assert type(again) is type(model)
+        assert again.to_dict() == payload
+        assert json.loads(again.to_json()) == payload
+
+
+class _UserRecord(pydantic.BaseModel):
+    """A user's own model holding SDK results (cached in Redis, say)."""
+
+    user: str
+    session: Session
+    last_charge: ChargeResult | None = None
+
+
+def test_results_nested_in_a_user_model_round_trip_as_wire_json() -> None:
+    record = _UserRecord(
+        user="u1",
+        session=_parse(Session, SESSION_JSON),
+        last_charge=_parse(ChargeResult, CHARGE_JSON),
+    )
+    dumped = json.loads(record.model_dump_json())
+    assert dumped == {"user": "u1", "session": SESSION_JSON, "last_charge": CHARGE_JSON}
+    again = _UserRecord.model_validate_json(record.model_dump_json())
+    assert again == record
+    assert isinstance(again.session, ActiveSession)
+    assert _UserRecord.model_validate(record.model_dump()) == record
+
+
+@pytest.mark.anyio
+async def test_a_fastapi_response_is_the_wire_json() -> None:
+    import fastapi
+
+    app = fastapi.FastAPI()
+    session = _parse(Session, SESSION_JSON)
+    result = _parse(ChargeResult, CHARGE_JSON)
+
+    @app.get("/session", response_model=Session)
+    def get_session() -> Session:
+        return session
+
+    @app.get("/charge")
+    def get_charge() -> ChargeResult:
+        return result
+
+    @app.get("/record")
+    def get_record() -> _UserRecord:
+        return _UserRecord(user="u1", session=session, last_charge=result)
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app.localhost") as http:
+        assert (await http.get("/session")).json() == SESSION_JSON
+        assert (await http.get("/charge")).json() == CHARGE_JSON
+        assert (await http.get("/record")).json() == {
+            "user": "u1",
+            "session": SESSION_JSON,
+            "last_charge": CHARGE_JSON,
+        }
+
+
+def test_hand_built_model_keeps_the_json_form_of_its_values() -> None:
+    session = Session(status="pending", expires_at=WHEN)
+    assert session.to_dict() == {"status": "pending", "expires_at": "2030-01-02T03:04:05Z"}
+    assert Session.model_validate_json(session.to_json()) == session
+
+
+def test_model_construct_has_a_dict_view_of_its_values() -> None:
+    session = Session.model_construct(status="pending", plan="pro")
+    assert dict(session) == {"status": "pending", "plan": "pro"}
+    assert session.to_json() == '{"status": "pending", "plan": "pro"}'
+
+
+# -- model_copy(update=...) cannot make a result say two things -----------------
+
+
+@pytest.mark.parametrize(
+    ("model", "update"),
+    [
+        (Session.model_validate(SESSION_JSON), {"status": "expired"}),
+        (ChargeResult.model_validate(CHARGE_JSON), {"amount_tokens": 1}),
+        (ChargeResult.model_validate(CHARGE_JSON), {"receipt": None}),
+    ],
+)
+@pytest.mark.parametrize("deep", [False, True])
+def test_model_copy_with_update_is_refused(
+    model: Session | ChargeResult, update: dict[str, Any], deep: bool
+) -> None:
+    with pytest.raises(TypeError, match="model_validate"):
+        model.model_copy(update=update, deep=deep)
+
+
+def test_model_dump_include_and_exclude_apply_to_the_wire_json() -> None:
+    """Excluding the token before logging a dump must leave it out."""
+    session = _parse(Session, {**SESSION_JSON, "note": None})
+    assert "session_token" not in session.model_dump(exclude={"session_token"})
+    assert TOKEN not in session.model_dump_json(exclude={"session_token"})
+    assert session.model_dump(include={"status", "plan"}) == {
+        "status": "active",
+        "plan": SESSION_JSON["plan"],
+    }
+    assert session.model_dump(exclude={"plan": {"limits"}})["plan"] == {"tier": "pro"}
+    assert session.model_dump(include={"plan": {"tier"}}) == {"plan": {"tier": "pro"}}
+    assert "note" not in session.model_dump(exclude_none=True)
+    assert session.model_dump()["note"] is None
+    record = _UserRecord(user="u1", session=session)
+    assert TOKEN not in record.model_dump_json(exclude={"session": {"session_token"}})
+
+
+@pytest.mark.anyio
+async def test_wait_timeout_names_the_status_as_sent_not_unknown(
+    twin: Twin, api: respx.MockRouter
+) -> None:
+    api.get(STATUS_PATH).respond(200, json={"status": "suspended"})
+    with pytest.raises(SessionWaitTimeoutError, match="'suspended'"):
+        await twin.wait_for_session("user123", poll_interval=0.01, timeout=0.05)

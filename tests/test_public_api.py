@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import importlib.metadata
 import importlib.resources
 import inspect
@@ -19,10 +21,12 @@ from tests.conftest import API_KEY, SLUG, TOKEN
 EXPECTED = {
     "APIConnectionError",
     "APITimeoutError",
+    "ActiveSession",
     "AsyncKNAIProvider",
     "ChargeResult",
     "InsufficientBalanceError",
     "InvalidAPIKeyError",
+    "JSONValue",
     "KNAIError",
     "KNAIProvider",
     "RateLimitError",
@@ -31,10 +35,12 @@ EXPECTED = {
     "ServerError",
     "Session",
     "SessionExpiredError",
+    "SessionStatus",
     "SessionWaitTimeoutError",
     "__version__",
 }
-PUBLIC_CLASSES = sorted(EXPECTED - {"__version__"})
+TYPE_ALIASES = {"JSONValue", "SessionStatus"}
+PUBLIC_CLASSES = sorted(EXPECTED - {"__version__"} - TYPE_ALIASES)
 
 
 def test_all_is_exactly_the_intended_set() -> None:
@@ -78,7 +84,13 @@ def _own_public_members(cls: type) -> list[str]:
 
 DOCUMENTED = [
     (cls, name)
-    for cls in (knai.KNAIProvider, knai.AsyncKNAIProvider, knai.Session, knai.ChargeResult)
+    for cls in (
+        knai.KNAIProvider,
+        knai.AsyncKNAIProvider,
+        knai.Session,
+        knai.ActiveSession,
+        knai.ChargeResult,
+    )
     for name in _own_public_members(cls)
 ]
 
@@ -178,3 +190,108 @@ def test_import_knai_does_not_build_the_pydantic_models() -> None:
         " knai.Session; assert 'pydantic.main' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _attribute_docstrings(module: types.ModuleType) -> dict[str, str]:
+    """Docstrings written as a string right after a module-level assignment."""
+    tree = ast.parse(inspect.getsource(module))
+    found: dict[str, str] = {}
+    for node, after in zip(tree.body, tree.body[1:], strict=False):
+        target = node.target if isinstance(node, ast.AnnAssign) else None
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+        if (
+            isinstance(target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            found[target.id] = after.value.value
+    return found
+
+
+def _defining_module(package: types.ModuleType, name: str) -> types.ModuleType:
+    """The private module that assigns `name` (found through the package's imports)."""
+    for module_name in sorted(sys.modules):
+        module = sys.modules[module_name]
+        if (
+            module_name.startswith(package.__name__ + "._")
+            and name in vars(module)
+            and name in _attribute_docstrings(module)
+        ):
+            return module
+    raise AssertionError(f"no module of {package.__name__} defines {name}")
+
+
+def _public_names() -> list[tuple[str, str]]:
+    import knai.testing
+
+    return [("knai", n) for n in knai.__all__ if n != "__version__"] + [
+        ("knai.testing", n) for n in knai.testing.__all__
+    ]
+
+
+@pytest.mark.parametrize(("package", "name"), _public_names())
+def test_every_public_name_has_a_docstring(package: str, name: str) -> None:
+    """Classes, functions, constants and type aliases of knai and knai.testing alike."""
+    module = importlib.import_module(package)
+    value = getattr(module, name)
+    if inspect.isclass(value) or inspect.isfunction(value):
+        assert (value.__doc__ or "").strip(), f"{package}.{name}"
+        return
+    defining = _defining_module(module, name)
+    assert _attribute_docstrings(defining).get(name, "").strip(), f"{package}.{name}"
+
+
+def _testing_classes() -> list[type]:
+    import knai.testing
+
+    values = [getattr(knai.testing, name) for name in knai.testing.__all__]
+    return [v for v in values if inspect.isclass(v) and not issubclass(v, BaseException)]
+
+
+TESTING_METHODS = [(cls, name) for cls in _testing_classes() for name in _own_public_members(cls)]
+
+
+def test_testing_member_scan_sees_the_sandbox_api() -> None:
+    seen = {(cls.__name__, name) for cls, name in TESTING_METHODS}
+    for method in ("close", "create_provider", "balance", "stats", "inject_fault"):
+        assert ("SandboxAdmin", method) in seen
+    assert ("SandboxTransport", "handle_request") in seen
+    assert ("AsyncSandboxTransport", "aclose") in seen
+    assert ("Charge", "to_json") in seen
+
+
+@pytest.mark.parametrize(("cls", "name"), TESTING_METHODS, ids=lambda v: getattr(v, "__name__", v))
+def test_every_knai_testing_method_has_a_docstring(cls: type, name: str) -> None:
+    member = inspect.getattr_static(cls, name)
+    if isinstance(member, (classmethod, staticmethod)):
+        member = member.__func__
+    if isinstance(member, property):
+        member = member.fget
+    assert (getattr(member, "__doc__", None) or "").strip(), f"{cls.__name__}.{name}"
+
+
+def test_model_signatures_show_plain_types() -> None:
+    """help() and inspect.signature of the models show types, not validator plumbing."""
+    for cls in (knai.Session, knai.ActiveSession, knai.ChargeResult):
+        text = str(inspect.signature(cls))
+        for plumbing in ("Annotated", "Validator", "0x"):
+            assert plumbing not in text, text
+    assert "session_token: str," in str(inspect.signature(knai.ActiveSession))
+    assert "expires_at: datetime.datetime | None = None" in str(inspect.signature(knai.Session))
+
+
+def test_serve_is_documented_as_a_context_manager() -> None:
+    from knai.testing import serve
+
+    assert "AbstractContextManager[RunningSandbox]" in str(inspect.signature(serve))
+    assert "context manager" in (serve.__doc__ or "")
+
+
+def test_misspelt_names_are_attribute_errors_at_run_time() -> None:
+    import knai.testing
+
+    for module, typo in ((knai, "Sesion"), (knai.testing, "Sandbx")):
+        with pytest.raises(AttributeError, match=typo):
+            getattr(module, typo)

@@ -8,6 +8,7 @@ import os
 import re
 import uuid
 from collections.abc import Mapping
+from typing import cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -48,9 +49,16 @@ _RESERVED_HEADERS = frozenset(
 
 
 def from_env(value: str | None, name: str, variable: str) -> str:
-    """`value`, else the environment variable, else ValueError naming both."""
+    """`value`, else the environment variable, else ValueError naming both.
+
+    A value read from the environment loses its surrounding whitespace (env
+    files often end a line with CR or a tab) and is checked as a token under
+    the variable's name, so an error names what the user has to fix.
+    """
     if value is None:
-        value = os.environ.get(variable)
+        value = os.environ.get(variable, "").strip()
+        if value:
+            return check_token(variable, value)
     if not value:
         raise ValueError(f"{name} is required: pass a non-empty {name}= or set {variable}")
     return value
@@ -68,10 +76,13 @@ def check_token(name: str, value: object) -> str:
 
 
 def check_text(name: str, value: object) -> str:
-    """A non-empty string that is not only whitespace."""
+    """A non-empty name (a model's) without whitespace or control characters."""
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name} is required and must be a non-empty str, got {value!r}")
     _check_utf8(name, value)
+    # str.isprintable() is False for every whitespace character but " ".
+    if not value.isprintable() or " " in value:
+        raise ValueError(f"{name} must not contain whitespace or control characters, got {value!r}")
     return value
 
 
@@ -177,35 +188,62 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def check_base_url(value: str) -> str:
-    """An https URL (or http to a loopback host), without its trailing slash."""
-    if not isinstance(value, str) or not value:
+def check_base_url(value: object) -> str:
+    """`base_url`, else `KNAI_BASE_URL`, else the default: checked, without its trailing slash.
+
+    An https URL (or http to a loopback host) that httpx accepts, with no
+    credentials, query or fragment. Surrounding whitespace is stripped;
+    anything else wrong raises ValueError naming the argument or the variable.
+    """
+    source = "base_url"
+    if value is None:
+        value = os.environ.get("KNAI_BASE_URL", "").strip()
+        if value:
+            source = "KNAI_BASE_URL"
+        else:
+            value = DEFAULT_BASE_URL
+    if not isinstance(value, str) or not value.strip():
         raise ValueError("base_url must be a non-empty str")
+    value = value.strip()
+    # Messages name the scheme and host only: a URL may carry credentials.
+    if not (value.isascii() and value.isprintable()) or " " in value:
+        raise ValueError(
+            f"{source} must be printable ASCII without whitespace or control characters"
+        )
+    if "?" in value or "#" in value:
+        # Even an empty one: `https://host/?` would put every path in the query.
+        raise ValueError(f"{source} must not carry a query or a fragment")
     try:
         parts = urlsplit(value)
         host = parts.hostname or ""
-    except ValueError:
-        raise ValueError("base_url is not a valid URL") from None
-    # Messages name the scheme and host only: a URL may carry credentials.
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise ValueError("base_url must not carry credentials, a query or a fragment")
+        port = parts.port
+        httpx.URL(value)
+    except (ValueError, httpx.InvalidURL):
+        raise ValueError(f"{source} is not a valid URL (check its host and port)") from None
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{source} must not carry credentials")
     if parts.scheme not in ("http", "https") or not host:
         raise ValueError(
-            f"base_url must be an http(s) URL with a host, got scheme {parts.scheme!r}"
+            f"{source} must be an http(s) URL with a host, got scheme {parts.scheme!r}"
         )
+    if port == 0:
+        raise ValueError(f"{source} has port 0: give a port from 1 to 65535")
     if parts.scheme == "http" and not _is_loopback(host):
         raise ValueError(
-            f"base_url must use https: plain http is only allowed to a loopback host, not {host!r}"
+            f"{source} must use https: plain http is only allowed to a loopback host, not {host!r}"
         )
     return value.rstrip("/")
 
 
 def check_default_headers(value: Mapping[str, str] | None) -> dict[str, str]:
     """Extra headers for every request; they may not replace the protocol's own."""
-    headers = dict(value or {})
-    for name, header_value in headers.items():
+    # Typed str to str, but untyped callers pass anything: check each.
+    given = cast("dict[object, object]", dict(value or {}))
+    headers: dict[str, str] = {}
+    for name, header_value in given.items():
         if not isinstance(name, str) or not isinstance(header_value, str):
             raise ValueError("default_headers must map str to str")
+        headers[name] = header_value
         if not _HEADER_NAME.fullmatch(name):
             raise ValueError(f"default_headers has an invalid header name {name!r}")
         if name.lower() in _RESERVED_HEADERS:

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _errors as errors
+from . import errors
 from ._redact import _redacted
 from ._version import __version__
 

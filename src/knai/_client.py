@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import os
 import sys
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import httpx
 
@@ -26,7 +25,7 @@ from ._transport import DEFAULT_TIMEOUT, AsyncTransport, Call, SyncTransport
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._models import ChargeResult, Session
+    from ._models import ActiveSession, ChargeResult, Session
 
     if sys.version_info >= (3, 11):
         from typing import Self
@@ -86,8 +85,9 @@ class _SessionWait:
             # Past the deadline, or the server asks us to come back after it.
             raise self._expired(exc) from exc
 
-    def seen(self, session: Session) -> bool:
-        self.last_status = session.status
+    def seen(self, session: Session) -> TypeGuard[ActiveSession]:
+        # Parsing gives an ActiveSession exactly when the status is active.
+        self.last_status = session.get("status")  # as sent, even one the SDK does not know
         self.last_error = None
         return session.is_active
 
@@ -125,8 +125,6 @@ class _BaseProvider:
         slug = _args.check_token(
             "provider_slug", _args.from_env(provider_slug, "provider_slug", "KNAI_PROVIDER_SLUG")
         )
-        if base_url is None:
-            base_url = os.environ.get("KNAI_BASE_URL") or _args.DEFAULT_BASE_URL
         self.base_url: str = _args.check_base_url(base_url)
         self.provider_slug: str = slug
         self.timeout: httpx.Timeout = _args.check_timeout(timeout)
@@ -262,7 +260,7 @@ class KNAIProvider(_BaseProvider):
             max_retries=max_retries,
             default_headers=default_headers,
         )
-        if http_client is not None and not isinstance(http_client, httpx.Client):
+        if http_client is not None and not isinstance(http_client, httpx.Client):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError("http_client must be an httpx.Client (use AsyncKNAIProvider for async)")
         connections = _args.check_max_connections(max_connections, http_client)
         self._owns_http = http_client is None
@@ -288,7 +286,8 @@ class KNAIProvider(_BaseProvider):
             max_retries: Retries for this call (default: the client's).
 
         Returns:
-            The `Session`; `session.is_active` tells whether it can be charged.
+            The `Session`; it is an `ActiveSession` (narrow with `isinstance`)
+            when it can be charged.
 
         Raises:
             InvalidAPIKeyError: The key or slug was refused.
@@ -301,7 +300,7 @@ class KNAIProvider(_BaseProvider):
 
     def wait_for_session(
         self, provider_username: str, poll_interval: float = 1.5, *, timeout: float | None = None
-    ) -> Session:
+    ) -> ActiveSession:
         """Poll until the user's session is active, and return it.
 
         Without a timeout this waits as long as it takes (as 0.1.0 did), and an
@@ -314,7 +313,7 @@ class KNAIProvider(_BaseProvider):
             timeout: Give up after this many seconds (default: never).
 
         Returns:
-            The active `Session`; `session["session_token"]` charges it.
+            The `ActiveSession`; `session.session_token` (a `str`) charges it.
 
         Raises:
             SessionWaitTimeoutError: The deadline passed first (also a TimeoutError).
@@ -450,7 +449,7 @@ class AsyncKNAIProvider(_BaseProvider):
             max_retries=max_retries,
             default_headers=default_headers,
         )
-        if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
+        if http_client is not None and not isinstance(http_client, httpx.AsyncClient):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise TypeError("http_client must be an httpx.AsyncClient (use KNAIProvider for sync)")
         connections = _args.check_max_connections(max_connections, http_client)
         self._owns_http = http_client is None
@@ -472,7 +471,8 @@ class AsyncKNAIProvider(_BaseProvider):
             max_retries: Retries for this call (default: the client's).
 
         Returns:
-            The `Session`; `session.is_active` tells whether it can be charged.
+            The `Session`; it is an `ActiveSession` (narrow with `isinstance`)
+            when it can be charged.
 
         Raises:
             InvalidAPIKeyError: The key or slug was refused.
@@ -485,7 +485,7 @@ class AsyncKNAIProvider(_BaseProvider):
 
     async def wait_for_session(
         self, provider_username: str, poll_interval: float = 1.5, *, timeout: float | None = None
-    ) -> Session:
+    ) -> ActiveSession:
         """Poll until the user's session is active, and return it.
 
         Without a timeout this waits as long as it takes (as 0.1.0 did), and an
@@ -500,7 +500,7 @@ class AsyncKNAIProvider(_BaseProvider):
             timeout: Give up after this many seconds (default: never).
 
         Returns:
-            The active `Session`; `session["session_token"]` charges it.
+            The `ActiveSession`; `session.session_token` (a `str`) charges it.
 
         Raises:
             SessionWaitTimeoutError: The deadline passed first (also a TimeoutError).

@@ -23,7 +23,8 @@ as 0.1.0 did. The first four classes, their attributes, default messages and
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+
+from ._json import JSONValue
 
 __all__ = [
     "APIConnectionError",
@@ -66,7 +67,7 @@ class KNAIError(Exception):
         self,
         message: str | None = None,
         status_code: int | None = None,
-        response_body: Any = None,
+        response_body: JSONValue = None,
         *,
         request_id: str | None = None,
         headers: Mapping[str, str] | None = None,
@@ -154,9 +155,30 @@ class ResponseValidationError(KNAIError):
     default_message = "Unexpected response from the KNAI API"
 
     def __init__(
-        self, message: str | None = None, *args: Any, raw_body: bytes = b"", **kwargs: Any
+        self,
+        message: str | None = None,
+        status_code: int | None = None,
+        response_body: JSONValue = None,
+        *,
+        raw_body: bytes = b"",
+        request_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        may_have_been_applied: bool = False,
+        attempts: int = 0,
+        retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, *args, **kwargs)
+        super().__init__(
+            message,
+            status_code,
+            response_body,
+            request_id=request_id,
+            headers=headers,
+            idempotency_key=idempotency_key,
+            may_have_been_applied=may_have_been_applied,
+            attempts=attempts,
+            retry_after=retry_after,
+        )
         self.raw_body = raw_body
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["_redacted", "scrub", "secret_values"]
 
@@ -24,13 +24,13 @@ def _redacted(value: Any) -> Any:
 def secret_values(value: Any) -> Iterator[str]:
     """Every string stored under a secret-looking key, however deep."""
     if isinstance(value, Mapping):
-        for key, item in value.items():
+        for key, item in cast("Mapping[object, object]", value).items():
             if isinstance(key, str) and _is_secret_key(key) and isinstance(item, str) and item:
                 yield item
             else:
                 yield from secret_values(item)
     elif isinstance(value, list):
-        for item in value:
+        for item in cast("list[object]", value):
             yield from secret_values(item)
 
 
@@ -46,8 +46,8 @@ def scrub(value: Any, secrets: tuple[str, ...]) -> Any:
             k: REDACTED
             if isinstance(k, str) and _is_secret_key(k) and isinstance(v, str) and v
             else scrub(v, secrets)
-            for k, v in value.items()
+            for k, v in cast("Mapping[object, object]", value).items()
         }
     if isinstance(value, list):
-        return [scrub(v, secrets) for v in value]
+        return [scrub(v, secrets) for v in cast("list[object]", value)]
     return value

@@ -14,7 +14,7 @@ import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import httpx
 
@@ -34,7 +34,7 @@ from ._redact import scrub
 from ._retry import RetryPolicy, parse_retry_after
 
 if TYPE_CHECKING:
-    from ._models import _Payload
+    from ._models import _Payload  # pyright: ignore[reportPrivateUsage]
 
 __all__ = ["DEFAULT_TIMEOUT", "AsyncTransport", "Call", "ResponseMeta", "SyncTransport"]
 
@@ -74,7 +74,7 @@ class ResponseMeta:
     """
 
     status_code: int = 0
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict[str, str])
     request_id: str | None = None
     idempotency_key: str | None = None
     retries: int = 0
@@ -231,11 +231,13 @@ class _MappedTransportErrors:
 def _error_message(body: Any) -> str | None:
     if isinstance(body, dict):
         for key in ("error", "message"):
-            value = body.get(key)
+            value: object = cast("dict[str, object]", body).get(key)
             if isinstance(value, str) and value:
                 return value
-            if isinstance(value, dict) and isinstance(value.get("message"), str):
-                return str(value["message"])
+            if isinstance(value, dict):
+                message: object = cast("dict[str, object]", value).get("message")
+                if isinstance(message, str):
+                    return message
     return None
 
 

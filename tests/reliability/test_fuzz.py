@@ -420,13 +420,22 @@ def charge_inputs(draw: st.DrawFn) -> tuple[Any, Any, Any, Any]:
     return (
         draw(tokens if wild == "token" else valid_tokens),
         draw(amounts if wild == "amount" else valid_amounts),
-        draw(models if wild == "model" else models.filter(str.strip)),
+        draw(models if wild == "model" else models.filter(valid_model)),
         draw(keys if wild == "key" else st.none() | valid_tokens.map(lambda k: k[:255])),
     )
 
 
 def valid_token(value: str) -> bool:
     return bool(value) and all(33 <= ord(c) <= 126 for c in value)
+
+
+def valid_model(value: Any) -> bool:
+    """A model name: non-empty text without whitespace or control characters."""
+    try:
+        value.encode("utf-8")
+    except (AttributeError, UnicodeEncodeError):
+        return False
+    return bool(value) and not any(c.isspace() or not c.isprintable() for c in value)
 
 
 @settings(FUZZ, max_examples=200)
@@ -445,7 +454,7 @@ def test_any_charge_input_is_refused_or_sent_exactly(
 ) -> None:
     token, amount, model, key = inputs
     amount_ok = type(amount) is int and 1 <= amount <= 2**63 - 1
-    model_ok = isinstance(model, str) and bool(model.strip())
+    model_ok = valid_model(model)
     key_ok = key is None or (valid_token(key) and len(key) <= 255)
     valid = valid_token(token) and amount_ok and model_ok and key_ok
     before = wire.count

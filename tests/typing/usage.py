@@ -7,24 +7,28 @@ type errors: with `warn_unused_ignores` (strict), mypy fails if one type-checks.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
 import knai
 from knai import (
+    ActiveSession,
     APIConnectionError,
     AsyncKNAIProvider,
     ChargeResult,
     InsufficientBalanceError,
+    JSONValue,
     KNAIError,
     KNAIProvider,
     ResponseMeta,
     ResponseValidationError,
     Session,
     SessionExpiredError,
+    SessionStatus,
     SessionWaitTimeoutError,
 )
+from knai.testing import DEMO_API_KEY, RunningSandbox, Sandbox, serve
 
 if sys.version_info >= (3, 11):
     from typing import assert_type
@@ -58,13 +62,13 @@ def sync_usage() -> None:
     assert_type(provider.get_session("user123"), Session)
     assert_type(provider.get_session("user123", timeout=2.5, max_retries=0), Session)
     session = provider.wait_for_session(provider_username="user123", poll_interval=0.5, timeout=60)
-    assert_type(session, Session)
-    assert_type(provider.wait_for_session("user123"), Session)
+    assert_type(session, ActiveSession)
+    assert_type(provider.wait_for_session("user123"), ActiveSession)
 
     assert_type(session["session_token"], Any)
     assert_type(session.get("plan"), Any)
-    assert_type(session.session_token, str | None)
-    assert_type(session.status, str)
+    assert_type(session.session_token, str)
+    assert_type(session.status, Literal["active"])
     assert_type(session.is_active, bool)
     assert_type(session.to_dict(), dict[str, Any])
     assert_type(session.to_json(), str)
@@ -74,8 +78,19 @@ def sync_usage() -> None:
     for key in session:
         assert_type(key, str)
 
+    polled = provider.get_session("user123")
+    assert_type(polled.session_token, str | None)
+    assert_type(polled.status, SessionStatus)
+    if polled.status == "expired":
+        assert_type(polled.status, Literal["expired"])
+    if isinstance(polled, ActiveSession):
+        assert_type(polled.session_token, str)
+        provider.charge(polled.session_token, 1, "gpt-4")
+    as_session: Session = session
+    del as_session
+
     result = provider.charge(
-        session.session_token or "",
+        session.session_token,
         amount_tokens=1500,
         model="gpt-4",
         idempotency_key="order-42",
@@ -101,7 +116,7 @@ def sync_usage() -> None:
         assert_type(exc.status_code, int | None)
         assert_type(exc.message, str)
     except SessionExpiredError as exc:
-        assert_type(exc.response_body, Any)
+        assert_type(exc.response_body, JSONValue)
     except ResponseValidationError as exc:
         assert_type(exc.raw_body, bytes)
     except APIConnectionError as exc:
@@ -116,7 +131,7 @@ def sync_usage() -> None:
         provider.wait_for_session("user123", timeout=5)
     except SessionWaitTimeoutError as exc:
         timeout_error: TimeoutError = exc
-        assert_type(timeout_error, TimeoutError)
+        del timeout_error
     provider.close()
 
     assert_type(knai.__version__, str)
@@ -157,13 +172,13 @@ async def async_usage() -> None:
 
     assert_type(await provider.get_session("user123", timeout=1.0, max_retries=2), Session)
     session = await provider.wait_for_session("user123", poll_interval=0.5, timeout=30.0)
-    assert_type(session, Session)
+    assert_type(session, ActiveSession)
     assert_type(session["session_token"], Any)
-    assert_type(session.session_token, str | None)
+    assert_type(session.session_token, str)
     assert_type(session.is_active, bool)
 
     result = await provider.charge(
-        TOKEN,
+        session.session_token,
         amount_tokens=1500,
         model="gpt-4",
         idempotency_key="order-42",
@@ -190,3 +205,12 @@ async def async_misuse(provider: AsyncKNAIProvider) -> None:
     AsyncKNAIProvider(http_client=httpx.Client())  # type: ignore[arg-type]
     provider.close()  # type: ignore[attr-defined]
     del not_awaited
+
+
+def sandbox_usage() -> None:
+    with Sandbox() as sandbox, sandbox.serve() as running:
+        assert_type(running, RunningSandbox)
+        assert_type(running.url, str)
+    with serve() as served:
+        assert_type(served, RunningSandbox)
+    assert_type(KNAIProvider(DEMO_API_KEY, "demo-provider"), KNAIProvider)

@@ -104,21 +104,25 @@ _MODULE_OF: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> object:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    try:
-        value = getattr(importlib.import_module(module, __name__), name)
-    except ModuleNotFoundError as exc:
-        from ._extra import missing_extra
+# Defined only at run time: to a type checker, this package has exactly the
+# names imported above, so a misspelt `from knai.testing import Sandbx` is an error.
+if not TYPE_CHECKING:
 
-        clearer = missing_extra(f"{__name__}.{name}", exc)
-        if clearer is None:
-            raise
-        raise clearer from exc
-    globals()[name] = value
-    return value
+    def __getattr__(name: str) -> object:
+        module = _MODULE_OF.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        try:
+            value = getattr(importlib.import_module(module, __name__), name)
+        except ModuleNotFoundError as exc:
+            from ._extra import missing_extra
+
+            clearer = missing_extra(f"{__name__}.{name}", exc)
+            if clearer is None:
+                raise
+            raise clearer from exc
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:

@@ -50,6 +50,7 @@ class SandboxAdmin:
         )
 
     def close(self) -> None:
+        """Close the admin HTTP client."""
         self._client.close()
 
     def __enter__(self) -> SandboxAdmin:
@@ -70,6 +71,7 @@ class SandboxAdmin:
         self._call("POST", "/reset")
 
     def create_provider(self, slug: str, api_key: str) -> None:
+        """Register a provider `slug` that authenticates with `api_key`."""
         self._call("POST", "/providers", json={"slug": slug, "api_key": api_key})
 
     def create_user(self, slug: str, provider_username: str, *, balance: int = 0) -> int:
@@ -87,6 +89,7 @@ class SandboxAdmin:
         return int(self._call("POST", "/top-up", json=body)["balance"])
 
     def balance(self, slug: str, provider_username: str) -> int:
+        """The wallet balance, in tokens, of `provider_username` with provider `slug`."""
         return int(self._wallet(slug, provider_username)["balance"])
 
     def charges(self, slug: str, provider_username: str) -> list[Charge]:
@@ -188,7 +191,9 @@ class SandboxAdmin:
         except ValueError:
             body = {"error": response.text}
         if response.is_error:
-            message = body.get("error") if isinstance(body, dict) else None
+            message: object = (
+                cast("dict[str, object]", body).get("error") if isinstance(body, dict) else None
+            )
             raise SandboxAdminError(response.status_code, str(message or response.reason_phrase))
         return cast("dict[str, Any]", body)
 

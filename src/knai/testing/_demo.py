@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 
 import httpx
 
@@ -63,7 +63,7 @@ def _probe(admin: SandboxAdmin, url: str) -> None:
 
 
 @contextlib.contextmanager
-def _wallet(base_url: str | None) -> Iterator[tuple[str, SandboxAdmin]]:
+def _wallet(base_url: str | None) -> Generator[tuple[str, SandboxAdmin], None, None]:
     if base_url is not None:
         url = base_url.rstrip("/")
         with SandboxAdmin(url, timeout=5.0) as admin:

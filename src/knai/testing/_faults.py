@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 Endpoint = Literal["status", "charge"]
+"""The protocol endpoints a fault can target: session status and charge."""
 DropWhen = Literal["before", "after"]
+"""When a dropping fault cuts the connection: before or after the request is applied."""
 
 ENDPOINTS: tuple[Endpoint, ...] = get_args(Endpoint)
 DROP_WHEN: tuple[DropWhen, ...] = get_args(DropWhen)
@@ -42,7 +44,7 @@ class Fault:
 
     def __post_init__(self) -> None:
         if self.status is not None and (
-            isinstance(self.status, bool) or not isinstance(self.status, int)
+            isinstance(self.status, bool) or not isinstance(self.status, int)  # pyright: ignore[reportUnnecessaryIsInstance]
         ):
             raise ValueError("status must be an integer")
         if self.status is not None and not 200 <= self.status <= 599:
@@ -51,17 +53,17 @@ class Fault:
             raise ValueError('drop must be "before" or "after"')
         if self.status is not None and self.drop is not None:
             raise ValueError("a fault either answers a status or drops the connection, not both")
-        if isinstance(self.delay, bool) or not isinstance(self.delay, int | float):
+        if isinstance(self.delay, bool) or not isinstance(self.delay, int | float):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise ValueError("delay must be a number of seconds")
         if not math.isfinite(self.delay) or self.delay < 0:
             raise ValueError("delay must be a finite number of seconds >= 0")
         if self.status is None and self.drop is None and self.delay == 0:
             raise ValueError("a fault needs a status, a delay or a drop")
         if self.retry_after is not None and (
-            not isinstance(self.retry_after, str) or not self.retry_after
+            not isinstance(self.retry_after, str) or not self.retry_after  # pyright: ignore[reportUnnecessaryIsInstance]
         ):
             raise ValueError("retry_after must be a non-empty string")
-        if self.body is not None and not isinstance(self.body, Mapping | str):
+        if self.body is not None and not isinstance(self.body, Mapping | str):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise ValueError("body must be a JSON object or a string")
         if (self.retry_after is not None or self.body is not None) and self.status is None:
             raise ValueError("retry_after and body only go with a status")
@@ -114,7 +116,7 @@ class FaultPlan:
     def add(self, endpoint: Endpoint, fault: Fault, *, times: int = 1) -> None:
         """Queue ``fault`` for the next ``times`` requests after those already queued."""
         _check_endpoint(endpoint)
-        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+        if isinstance(times, bool) or not isinstance(times, int) or times < 1:  # pyright: ignore[reportUnnecessaryIsInstance]
             raise ValueError("times must be a positive integer")
         with self._lock:
             self._queues[endpoint].append(_Entry(fault, times))
@@ -154,6 +156,7 @@ class FaultPlan:
             return cleared
 
     def stats(self) -> SandboxStats:
+        """Requests seen and faults fired per endpoint since the last reset."""
         with self._lock:
             return SandboxStats(dict(self._requests), dict(self._fired))
 

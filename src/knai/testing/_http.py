@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, cast
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -30,7 +30,7 @@ async def read_json_object(request: Request) -> dict[str, Any]:
         raise HTTPException(400, "Request body must be a JSON object") from None
     if not isinstance(body, dict):
         raise HTTPException(400, "Request body must be a JSON object")
-    return body
+    return cast("dict[str, Any]", body)
 
 
 def text_field(body: dict[str, Any], name: str) -> str:

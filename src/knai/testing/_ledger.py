@@ -41,11 +41,16 @@ from typing import Any, Literal
 from ._faults import FaultPlan
 
 SessionState = Literal["pending", "active", "expired", "revoked"]
+"""The states of a sandbox session, as its status endpoint reports them."""
 
 DEMO_PROVIDER_SLUG = "demo-provider"
+"""The slug of the provider every demo ledger (and `Sandbox()`) starts with."""
 DEMO_API_KEY = "sk_test_knai_sandbox_demo_key_not_secret"
+"""The demo provider's API key (a public test value, not a secret)."""
 DEMO_USERNAME = "demo-user"
+"""The user whose wallet the demo ledger funds."""
 DEMO_BALANCE = 100_000
+"""The demo wallet's starting balance, in tokens."""
 
 IDEMPOTENCY_CONFLICT = "Idempotency-Key reused with a different request"
 _RECORDED_STATUSES = frozenset({200, 402})
@@ -89,6 +94,7 @@ class Charge:
     idempotency_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The charge as the admin API spells it."""
         return {
             "charge_id": self.charge_id,
             "provider_username": self.provider_username,
@@ -148,14 +154,14 @@ class _Session:
 @dataclass
 class _Wallet:
     balance: int
-    charges: list[Charge] = field(default_factory=list)
-    sessions: list[_Session] = field(default_factory=list)
+    charges: list[Charge] = field(default_factory=list[Charge])
+    sessions: list[_Session] = field(default_factory=list[_Session])
 
 
 @dataclass
 class _Provider:
     api_key: bytes = field(repr=False)
-    wallets: dict[str, _Wallet] = field(default_factory=dict)
+    wallets: dict[str, _Wallet] = field(default_factory=dict[str, _Wallet])
 
 
 @dataclass(frozen=True)
@@ -183,7 +189,7 @@ class Ledger:
         self._sessions_by_id: dict[str, _Session] = {}
         self._sessions_by_token: dict[bytes, _Session] = {}
         self._idempotency: dict[tuple[str, str], _IdempotencyRecord] = {}
-        self.faults = FaultPlan()
+        self.faults: FaultPlan = FaultPlan()
         self.reset()
 
     # -- administration -------------------------------------------------------
@@ -232,6 +238,7 @@ class Ledger:
             return wallet.balance
 
     def balance(self, slug: str, provider_username: str) -> int:
+        """The wallet balance, in tokens, of `provider_username` with provider `slug`."""
         with self._lock:
             return self._wallet(slug, provider_username).balance
 

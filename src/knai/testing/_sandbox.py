@@ -1,10 +1,13 @@
-"""``Sandbox``: one ledger, its app, and every way to reach it::
+"""``Sandbox``: one ledger, its app, and every way to reach it.
 
-with Sandbox() as sb:  # the demo provider is already there
-    client = httpx.Client(base_url=sb.url, transport=sb.transport())
-    sb.admin.inject_fault("charge", drop="after")
-    with sb.serve() as running:  # the same wallet on a real socket
-        ...
+The in-process transports, the admin handle and ``serve()`` all act on one
+wallet::
+
+    with Sandbox() as sb:  # the demo provider is already there
+        client = httpx.Client(base_url=sb.url, transport=sb.transport())
+        sb.admin.inject_fault("charge", drop="after")
+        with sb.serve() as running:  # the same wallet on a real socket
+            ...
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class Sandbox:
     """Base URL to pair with ``transport()`` / ``async_transport()`` (any URL works)."""
 
     def __init__(self, ledger: Ledger | None = None) -> None:
-        self.ledger = ledger if ledger is not None else Ledger(demo=True)
+        self.ledger: Ledger = ledger if ledger is not None else Ledger(demo=True)
         self.app: Starlette = create_app(self.ledger)
         self._admin: SandboxAdmin | None = None
 
@@ -63,6 +66,7 @@ class Sandbox:
         return serve(self.ledger, host=host, port=port, allow_remote=allow_remote)
 
     def close(self) -> None:
+        """Close `admin`, if it was created; the ledger and app stay usable."""
         if self._admin is not None:
             self._admin.close()
             self._admin = None

@@ -19,7 +19,7 @@ import ipaddress
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import uvicorn
@@ -65,21 +65,33 @@ class _Server(uvicorn.Server):
             self._on_started()
 
 
-@contextlib.contextmanager
 def serve(
     ledger: Ledger | None = None,
     *,
     host: str = "127.0.0.1",
     port: int = 0,
     allow_remote: bool = False,
-) -> Iterator[RunningSandbox]:
-    """Serve a sandbox over ``ledger`` (a demo one by default) on ``host:port``.
+) -> contextlib.AbstractContextManager[RunningSandbox]:
+    """A context manager serving a sandbox over ``ledger`` (a demo one by default).
 
-    ``port=0`` picks a free port. Returns once the server accepts connections;
-    on exit the server shuts down and its thread is joined. Raises
-    ``ValueError`` for a non-loopback host (unless ``allow_remote``), ``OSError``
-    if the port is taken, ``RuntimeError`` if uvicorn fails to start.
+    ``with serve() as running:`` listens on ``host:port`` (``port=0`` picks a
+    free port) and enters once the server accepts connections; on exit the
+    server shuts down and its thread is joined.
+
+    Raises:
+        ValueError: ``host`` is not a loopback address (unless ``allow_remote``).
+        OSError: The port is taken.
+        RuntimeError: uvicorn failed to start.
     """
+    return _serve(ledger, host=host, port=port, allow_remote=allow_remote)
+
+
+# A plain function in front of the generator, so that help(serve) and the type
+# checkers show a context manager rather than a generator.
+@contextlib.contextmanager
+def _serve(
+    ledger: Ledger | None, *, host: str, port: int, allow_remote: bool
+) -> Generator[RunningSandbox, None, None]:
     ledger = ledger if ledger is not None else Ledger(demo=True)
     sock = _bind(host, port, allow_remote=allow_remote)
     started = threading.Event()

@@ -39,6 +39,7 @@ class SandboxTransport(httpx.BaseTransport):
         self._closed = False
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send `request` to the sandbox app and return its response (httpx calls this)."""
         body = request.read()
         loop = self._running_loop()
         future = asyncio.run_coroutine_threadsafe(_exchange(self._app, request, body), loop)
@@ -48,6 +49,7 @@ class SandboxTransport(httpx.BaseTransport):
             raise httpx.ReadTimeout("The sandbox did not answer in time", request=request) from None
 
     def close(self) -> None:
+        """Cancel what the app still runs and stop its event-loop thread (httpx calls this)."""
         with self._lock:
             self._closed = True
             loop, thread = self._loop, self._thread
@@ -80,6 +82,7 @@ class AsyncSandboxTransport(httpx.AsyncBaseTransport):
         self._tasks: set[asyncio.Task[httpx.Response]] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send `request` to the sandbox app and return its response (httpx calls this)."""
         body = await request.aread()
         task = asyncio.ensure_future(_exchange(self._app, request, body))
         # The app keeps running if the caller stops waiting (timeout, cancellation).
@@ -91,6 +94,7 @@ class AsyncSandboxTransport(httpx.AsyncBaseTransport):
         return task.result()
 
     async def aclose(self) -> None:
+        """Cancel requests the app is still handling and wait for them (httpx calls this)."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -53,7 +53,7 @@ def quick_retries(provider: KNAIProvider | AsyncKNAIProvider, backoff: float = 0
 
     A `Retry-After` the server sends is still honoured.
     """
-    transport = provider._transport
+    transport = provider._transport  # pyright: ignore[reportPrivateUsage]
     transport.policy = replace(transport.policy, initial_backoff=backoff, max_backoff=4 * backoff)
 
 
