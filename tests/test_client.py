@@ -129,22 +129,26 @@ def test_with_block_closes_the_pool(api: respx.MockRouter) -> None:
     api.get(STATUS).mock(return_value=reply(body=ACTIVE))
     with KNAIProvider(provider_api_key=API_KEY, provider_slug=SLUG) as provider:
         provider.get_session("user123")
-        assert not provider._transport.http.is_closed
-    assert provider._transport.http.is_closed
+    with pytest.raises(RuntimeError, match="closed"):
+        provider.get_session("user123")
+    assert api.calls.call_count == 1  # nothing was sent once it was closed
 
 
 async def test_async_with_block_closes_the_pool(api: respx.MockRouter) -> None:
     api.get(STATUS).mock(return_value=reply(body=ACTIVE))
     async with AsyncKNAIProvider(provider_api_key=API_KEY, provider_slug=SLUG) as provider:
         await provider.get_session("user123")
-        assert not provider._transport.http.is_closed
-    assert provider._transport.http.is_closed
+    with pytest.raises(RuntimeError, match="closed"):
+        await provider.get_session("user123")
+    assert api.calls.call_count == 1
 
 
-async def test_close_is_idempotent(twin: Twin) -> None:
+async def test_close_is_idempotent(twin: Twin, api: respx.MockRouter) -> None:
+    api.get(STATUS).mock(return_value=reply(body=ACTIVE))
     await twin.close()
     await twin.close()
-    assert twin.http.is_closed
+    with pytest.raises(RuntimeError, match="closed"):
+        await twin.get_session("user123")
 
 
 async def test_with_options_shares_the_pool_and_closing_the_copy_leaves_it_open(
@@ -152,13 +156,13 @@ async def test_with_options_shares_the_pool_and_closing_the_copy_leaves_it_open(
 ) -> None:
     api.get(STATUS).mock(return_value=reply(body=ACTIVE))
     copy = twin.with_options(timeout=1.0, max_retries=0)
-    assert copy.http is twin.http
     await copy.get_session("user123")
     await copy.close()
-    assert not twin.http.is_closed
     assert (await twin.get_session("user123")).is_active
+    assert (await copy.get_session("user123")).is_active  # closing the copy closed nothing
     await twin.close()
-    assert twin.http.is_closed
+    with pytest.raises(RuntimeError, match="closed"):
+        await copy.get_session("user123")  # the copy's pool was the original's
 
 
 async def test_repr_names_the_slug_but_never_the_api_key(twin: Twin) -> None:

@@ -28,6 +28,7 @@ EXPECTED = {
     "RateLimitError",
     "ResponseMeta",
     "ResponseValidationError",
+    "RetryPolicy",
     "ServerError",
     "Session",
     "SessionExpiredError",

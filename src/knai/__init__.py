@@ -24,7 +24,8 @@ from ._errors import (
     SessionExpiredError,
     SessionWaitTimeoutError,
 )
-from ._transport import ResponseMeta
+from ._retry import RetryPolicy
+from ._types import ResponseMeta
 from ._version import __version__
 
 if _typing.TYPE_CHECKING:
@@ -42,6 +43,7 @@ __all__ = [
     "RateLimitError",
     "ResponseMeta",
     "ResponseValidationError",
+    "RetryPolicy",
     "ServerError",
     "Session",
     "SessionExpiredError",

@@ -26,7 +26,7 @@ from pydantic import (
 
 from ._errors import ResponseValidationError
 from ._redact import _redacted, secret_values
-from ._transport import ResponseMeta
+from ._types import ResponseMeta
 
 __all__ = ["ChargeResult", "Session", "parse_payload"]
 
