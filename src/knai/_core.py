@@ -23,6 +23,7 @@ import httpx
 from . import _args
 from ._constants import KEEP_RAW_BYTES
 from ._errors import APITimeoutError, KNAIError, SessionWaitTimeoutError
+from ._redact import scrub
 from ._response import Body, answer_of, failure_of, scrub_error
 from ._types import Call, ResponseMeta
 
@@ -141,20 +142,37 @@ def _finish(call: Call, exc: KNAIError, attempts: int, ambiguous: bool) -> KNAIE
         # honouring Idempotency-Key, so an earlier, lost attempt may have been
         # applied. Replaying the key settles it.
         exc.may_have_been_applied = ambiguous
+    # Error trackers record the locals of every frame an error passed through:
+    # below the core they hold the body and the headers (ours, httpx's, h11's).
+    # The error keeps the frames from the core up, its causes their type and
+    # their scrubbed message.
+    exc.__traceback__ = None
+    if exc.__suppress_context__:
+        exc.__context__ = None  # never shown, but still reachable (and its frames with it)
     cause, seen = exc.__cause__, {id(exc)}
     while cause is not None and id(cause) not in seen:
-        # The cause stays (its type and message), its frames go: httpx's and
-        # h11's frames hold the request's headers as locals.
         seen.add(id(cause))
         cause.__traceback__ = None
+        cause.args = tuple(scrub(a, call.secrets) if isinstance(a, str) else a for a in cause.args)
         cause = cause.__cause__ or cause.__context__
     return scrub_error(exc, call.secrets)
 
 
-def call_steps(call: Call, model: type[_ModelT], plan: Plan) -> Generator[Step, Reply, _ModelT]:
-    """One call, retried as `plan` says; returns the parsed model or raises a `KNAIError`."""
+def _parsed(
+    call: Call, model: type[_ModelT], response: httpx.Response, body: Body, meta: tuple[int, float]
+) -> _ModelT:
+    """The model a 2xx answer holds, or the error it maps to (a frame of its own: see _finish)."""
     from ._models import parse_payload  # deferred: `import knai` builds no pydantic model
 
+    payload, content = answer_of(call, response, body)
+    attempts, elapsed = meta
+    return parse_payload(
+        model, payload, _meta(call, response, attempts, elapsed), content[:KEEP_RAW_BYTES]
+    )
+
+
+def call_steps(call: Call, model: type[_ModelT], plan: Plan) -> Generator[Step, Reply, _ModelT]:
+    """One call, retried as `plan` says; returns the parsed model or raises a `KNAIError`."""
     policy, clock = plan.policy, plan.policy.clock
     started, attempts, ambiguous, state = clock(), 0, False, None
     while True:
@@ -179,9 +197,7 @@ def call_steps(call: Call, model: type[_ModelT], plan: Plan) -> Generator[Step, 
                     response.headers.get("x-request-id"),
                 )
             try:
-                payload, content = answer_of(call, response, body)
-                meta = _meta(call, response, attempts, clock() - started)
-                return parse_payload(model, payload, meta, content[:KEEP_RAW_BYTES])
+                return _parsed(call, model, response, body, (attempts, clock() - started))
             except KNAIError:
                 ambiguous |= 200 <= response.status_code < 300  # a 2xx: a charge went through
                 raise
