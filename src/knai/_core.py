@@ -57,6 +57,9 @@ class Pause:
 
 
 Step = Send | Pause
+#: The model a call's answer is parsed as, named by a function that imports it: the
+#: async driver builds the pydantic models in a thread before the first call needs them.
+Model = Callable[[], type[_ModelT]]
 #: What a driver sends back for a `Send`: the response and its body, or what went wrong.
 Reply = tuple[httpx.Response, Body] | BaseException | None
 
@@ -159,7 +162,7 @@ def _finish(call: Call, exc: KNAIError, attempts: int, ambiguous: bool) -> KNAIE
 
 
 def _parsed(
-    call: Call, model: type[_ModelT], response: httpx.Response, body: Body, meta: tuple[int, float]
+    call: Call, model: Model[_ModelT], response: httpx.Response, body: Body, meta: tuple[int, float]
 ) -> _ModelT:
     """The model a 2xx answer holds, or the error it maps to (a frame of its own: see _finish)."""
     from ._models import parse_payload  # deferred: `import knai` builds no pydantic model
@@ -167,11 +170,11 @@ def _parsed(
     payload, content = answer_of(call, response, body)
     attempts, elapsed = meta
     return parse_payload(
-        model, payload, _meta(call, response, attempts, elapsed), content[:KEEP_RAW_BYTES]
+        model(), payload, _meta(call, response, attempts, elapsed), content[:KEEP_RAW_BYTES]
     )
 
 
-def call_steps(call: Call, model: type[_ModelT], plan: Plan) -> Generator[Step, Reply, _ModelT]:
+def call_steps(call: Call, model: Model[_ModelT], plan: Plan) -> Generator[Step, Reply, _ModelT]:
     """One call, retried as `plan` says; returns the parsed model or raises a `KNAIError`."""
     policy, clock = plan.policy, plan.policy.clock
     started, attempts, ambiguous, state = clock(), 0, False, None
@@ -280,7 +283,7 @@ class SessionWait:
 
 
 def wait_steps(
-    call: Call, model: type[Session], plan: Plan, wait: SessionWait
+    call: Call, model: Model[Session], plan: Plan, wait: SessionWait
 ) -> Generator[Step, Reply, Session]:
     """Poll `call` until the session is active; every poll is a `call_steps` on this core."""
     polls = Plan(plan.policy, plan.timeout, plan.max_retries, wait.deadline)

@@ -33,6 +33,19 @@ if TYPE_CHECKING:
 __all__ = ["BaseProvider"]
 
 
+def _session() -> type[Session]:
+    # Imported when first parsed, not at `import knai` (building models costs more than httpx).
+    from ._models import Session
+
+    return Session
+
+
+def _charge_result() -> type[ChargeResult]:
+    from ._models import ChargeResult
+
+    return ChargeResult
+
+
 def _policy(retry: RetryPolicy | None, max_retries: object) -> RetryPolicy:
     """The client's policy, its count settled: see `RetryPolicy.max_retries`."""
     if retry is not None and not isinstance(retry, RetryPolicy):
@@ -130,17 +143,13 @@ class BaseProvider:
     def _get(
         self, username: str, timeout: object, retries: object
     ) -> Generator[Step, Reply, Session]:
-        from ._models import Session  # deferred: `import knai` builds no pydantic model
-
-        return call_steps(self._status_call(username), Session, self._plan(timeout, retries))
+        return call_steps(self._status_call(username), _session, self._plan(timeout, retries))
 
     def _wait(
         self, username: str, poll_interval: object, timeout: object
     ) -> Generator[Step, Reply, Session]:
-        from ._models import Session
-
         wait = SessionWait(username, poll_interval, timeout, self.retry.clock)
-        return wait_steps(self._status_call(username), Session, self._plan(None, None), wait)
+        return wait_steps(self._status_call(username), _session, self._plan(None, None), wait)
 
     def _charge(
         self,
@@ -151,8 +160,6 @@ class BaseProvider:
         timeout: object,
         max_retries: object,
     ) -> Generator[Step, Reply, ChargeResult]:
-        from ._models import ChargeResult
-
         token = _args.check_token("session_token", session_token)
         body = {
             "amount_tokens": _args.check_amount(amount_tokens),
@@ -168,4 +175,4 @@ class BaseProvider:
             idempotency_key=key,
             secrets=(self._api_key, token),
         )
-        return call_steps(call, ChargeResult, self._plan(timeout, max_retries))
+        return call_steps(call, _charge_result, self._plan(timeout, max_retries))

@@ -149,6 +149,11 @@ class AsyncDriver(_Driver):
 
 
 def _warm_up(lanes: LaneClient | None) -> None:
+    # httpcore imports anyio and its asyncio backend on the first connection and lock.
+    import anyio._backends._asyncio  # noqa: F401
+    import httpcore._backends.anyio  # noqa: F401
+    import sniffio  # noqa: F401
+
     from . import _models  # noqa: F401 (builds the pydantic models)
 
     if lanes is not None:

@@ -218,7 +218,7 @@ def test_parsing_any_answer_gives_a_model_or_the_documented_error(
     read = Body(until=None)
     read.raw, read.complete = bytearray(body), complete
     result, error = None, None
-    steps = call_steps(call, model, Plan(RetryPolicy(), httpx.Timeout(5.0), max_retries=0))
+    steps = call_steps(call, lambda: model, Plan(RetryPolicy(), httpx.Timeout(5.0), max_retries=0))
     next(steps)  # the core asks for the request to be sent
     try:
         steps.send((response, read))
