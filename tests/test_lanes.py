@@ -325,3 +325,42 @@ async def test_every_lane_keeps_the_proxy_settings_the_client_was_made_with(
     else:
         assert (proxy.count, server.count) == (0, 6)  # none go to a proxy set later
         assert server.connections == 6
+
+
+# -- event loops (issue 9, item 1) --------------------------------------------------------------
+
+
+def test_one_async_client_serves_several_event_loops_and_closes_from_a_new_one() -> None:
+    """Celery tasks, sync views: each asyncio.run gets connections of its own; none is lost."""
+    with RogueServer(Reply(200, CHARGED)) as server:
+        provider = AsyncKNAIProvider(API_KEY, SLUG, server.url)
+
+        async def two() -> list[Any]:
+            return list(await crowd(provider, 2))
+
+        first = asyncio.run(two())
+        # The first loop's connections were closed with it (no socket left on a dead loop).
+        assert server.wait_until(lambda: server.open_connections == 0)
+        second = asyncio.run(two())
+        asyncio.run(provider.aclose())
+        assert server.wait_until(lambda: server.open_connections == 0)
+    assert [r.charge_id for r in first + second] == ["ch_1"] * 4
+    assert server.count == 4  # four charges, four requests: nothing charged twice or lost
+
+
+def test_a_closed_async_client_refuses_before_sending_from_any_loop() -> None:
+    with RogueServer(Reply(200, CHARGED)) as server:
+        provider = AsyncKNAIProvider(API_KEY, SLUG, server.url)
+        asyncio.run(provider.charge(TOKEN, 1, "gpt-4"))
+        asyncio.run(provider.aclose())
+        with pytest.raises(RuntimeError, match="closed"):
+            asyncio.run(provider.charge(TOKEN, 1, "gpt-4"))
+    assert server.count == 1
+
+
+def test_constructing_the_async_client_opens_nothing_and_needs_no_loop() -> None:
+    with RogueServer(Reply(200, CHARGED)) as server:
+        provider = AsyncKNAIProvider(API_KEY, SLUG, server.url, max_connections=1000)
+        assert server.connections == 0
+        asyncio.run(provider.aclose())  # closing an unused client is free, from any loop
+    assert server.connections == 0
