@@ -225,3 +225,24 @@ async def test_the_policys_clock_drives_the_wait_deadline(
         await twin.wait_for_session("user123", poll_interval=0.01, timeout=300.0)
     assert time.monotonic() - started < 5.0
     assert 1 <= api.calls.call_count <= 5
+
+
+async def test_an_unknown_keyword_is_refused_before_anything_is_sent(
+    twin: Twin, api: respx.MockRouter
+) -> None:
+    """The async twins take the sync signature as their own: a wrong name is a TypeError."""
+    route = api.post(CHARGE).mock(return_value=reply(body=CHARGED))
+    with pytest.raises(TypeError, match="idempotencykey"):
+        await twin.charge("tok_1", 1, "gpt-4", idempotencykey="k")
+    with pytest.raises(TypeError, match="retries"):
+        await twin.get_session("user123", retries=1)
+    assert route.call_count == 0
+
+
+def test_the_async_twins_show_the_sync_signature() -> None:
+    import inspect
+
+    for name in ("get_session", "wait_for_session", "charge"):
+        sync, asyn = getattr(KNAIProvider, name), getattr(AsyncKNAIProvider, name)
+        assert inspect.signature(asyn) == inspect.signature(sync)
+        assert inspect.iscoroutinefunction(asyn)

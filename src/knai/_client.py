@@ -2,24 +2,23 @@
 
 Each public method builds a `Call` (pure, shared), hands the core's steps for
 it to its driver, and returns the validated model. The twins differ only in
-`await`; tests/test_docstrings.py proves their docstrings agree.
+`await`, and the async methods take their docstrings from the sync ones.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
 
-from . import _args
-from ._constants import DEFAULT_MAX_RETRIES, DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT
+from ._constants import DEFAULT_POLL_INTERVAL
 from ._lanes import LaneClient
 from ._provider import BaseProvider
-from ._retry import RetryPolicy
 from ._transport import AsyncDriver, SyncDriver
 
 if TYPE_CHECKING:
@@ -32,8 +31,33 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncKNAIProvider", "KNAIProvider"]
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+CANCELLING = """
+        Cancelling the awaiting task stops the wait at once, mid-sleep or
+        mid-request, and leaves no request behind."""
 
-class KNAIProvider(BaseProvider):
+
+def _twin_of(
+    twin: Callable[Concatenate[Any, _P], _R], extra: str = ""
+) -> Callable[[Callable[..., Awaitable[Any]]], Callable[Concatenate[Any, _P], Awaitable[_R]]]:
+    """Make an async method the twin of a sync one: its signature and docstring (+ `extra`).
+
+    One source for both: type checkers see the sync method's parameters,
+    `inspect.signature` and `help()` show them, and the docstrings cannot drift.
+    """
+
+    def twinned(method: Callable[..., Awaitable[Any]]) -> Any:
+        functools.update_wrapper(method, twin)
+        if extra:
+            summary, sep, rest = (twin.__doc__ or "").partition("\n\n        Args:")
+            method.__doc__ = summary + extra + sep + rest
+        return method
+
+    return twinned
+
+
+class KNAIProvider(BaseProvider[httpx.Client]):
     """The synchronous KNAI Wallet client for AI providers.
 
     Waits for a user's wallet session to become active, then charges it per
@@ -69,32 +93,10 @@ class KNAIProvider(BaseProvider):
             provider.charge(session.session_token, amount_tokens=1500, model="gpt-4")
     """
 
-    def __init__(
-        self,
-        provider_api_key: str | None = None,
-        provider_slug: str | None = None,
-        base_url: str | None = None,
-        *,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        retry: RetryPolicy | None = None,
-        http_client: httpx.Client | None = None,
-        default_headers: Mapping[str, str] | None = None,
-        max_connections: int | None = None,
-    ) -> None:
-        super().__init__(
-            provider_api_key,
-            provider_slug,
-            base_url,
-            timeout=timeout,
-            max_retries=max_retries,
-            retry=retry,
-            default_headers=default_headers,
-        )
-        if http_client is not None and not isinstance(http_client, httpx.Client):
-            raise TypeError("http_client must be an httpx.Client (use AsyncKNAIProvider for async)")
-        connections = _args.check_max_connections(max_connections, http_client)
-        self._owns_http = http_client is None
+    _http_type = httpx.Client
+    _wrong_http = "http_client must be an httpx.Client (use AsyncKNAIProvider for async)"
+
+    def _connect(self, http_client: httpx.Client | None, connections: int) -> None:
         http = http_client or httpx.Client(
             timeout=self.timeout,
             follow_redirects=False,
@@ -130,7 +132,9 @@ class KNAIProvider(BaseProvider):
             ResponseValidationError: The answer was not a session payload.
             KNAIError: Any other error answer.
         """
-        return self._driver.run(self._get(provider_username, timeout, max_retries))
+        return self._driver.run(
+            self._get(provider_username, timeout=timeout, max_retries=max_retries)
+        )
 
     def wait_for_session(
         self,
@@ -158,7 +162,7 @@ class KNAIProvider(BaseProvider):
             InvalidAPIKeyError: The key or slug was refused.
             KNAIError: Any other error answer.
         """
-        return self._driver.run(self._wait(provider_username, poll_interval, timeout))
+        return self._driver.run(self._wait(provider_username, poll_interval, timeout=timeout))
 
     def charge(
         self,
@@ -198,7 +202,12 @@ class KNAIProvider(BaseProvider):
             KNAIError: Any other error answer.
         """
         steps = self._charge(
-            session_token, amount_tokens, model, idempotency_key, timeout, max_retries
+            session_token,
+            amount_tokens,
+            model,
+            idempotency_key=idempotency_key,
+            timeout=timeout,
+            max_retries=max_retries,
         )
         del session_token  # error trackers record frame locals: no token in this frame
         return self._driver.run(steps)
@@ -220,7 +229,7 @@ class KNAIProvider(BaseProvider):
         self.close()
 
 
-class AsyncKNAIProvider(BaseProvider):
+class AsyncKNAIProvider(BaseProvider[httpx.AsyncClient]):
     """The asyncio KNAI Wallet client: `KNAIProvider`'s surface, awaited.
 
     Use it as `async with AsyncKNAIProvider(...) as provider:` or call
@@ -231,24 +240,13 @@ class AsyncKNAIProvider(BaseProvider):
     further calls wait their turn (within the pool timeout).
 
     Args:
-        provider_api_key: Your provider API key (secret). Defaults to the
-            `KNAI_API_KEY` environment variable.
-        provider_slug: Your provider slug. Defaults to `KNAI_PROVIDER_SLUG`.
-        base_url: The API's base URL. Defaults to `KNAI_BASE_URL`, else
-            `https://api.conx.ai`. Must be https unless the host is loopback.
-        timeout: Per-attempt HTTP timeout: seconds, or an `httpx.Timeout`.
-            Default: 30 s to read, 5 s to connect. An unset (None) part has no limit.
-        max_retries: Retries of transient failures (connection errors,
-            timeouts, 408, 429, 5xx) per call. Default 2; 0 turns retries off.
-        retry: How retries pause (`RetryPolicy`: backoff, Retry-After cap,
-            jitter, sleep and clock). Default: `RetryPolicy()`.
+        (all others): As for `KNAIProvider`.
         http_client: Your own `httpx.AsyncClient`, used as it is (its pool
             limits apply); the SDK does not close it.
-        default_headers: Extra headers sent with every request.
-        max_connections: Connections the SDK's own pool may open, so requests
-            in flight at once (default 100, kept alive; 1 to 1000). Each is a
-            "lane" of one connection, made when first needed. Not with
-            `http_client`: set that client's limits instead.
+        max_connections: Connections the SDK's own pool may open per event
+            loop, so requests in flight at once (default 100, kept alive; 1 to
+            1000). Each is a "lane" of one connection, made when first needed.
+            Not with `http_client`: set that client's limits instead.
 
     Raises:
         ValueError: An argument is missing or malformed.
@@ -259,131 +257,25 @@ class AsyncKNAIProvider(BaseProvider):
             await provider.charge(session.session_token, 1500, "gpt-4")
     """
 
-    def __init__(
-        self,
-        provider_api_key: str | None = None,
-        provider_slug: str | None = None,
-        base_url: str | None = None,
-        *,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        retry: RetryPolicy | None = None,
-        http_client: httpx.AsyncClient | None = None,
-        default_headers: Mapping[str, str] | None = None,
-        max_connections: int | None = None,
-    ) -> None:
-        super().__init__(
-            provider_api_key,
-            provider_slug,
-            base_url,
-            timeout=timeout,
-            max_retries=max_retries,
-            retry=retry,
-            default_headers=default_headers,
-        )
-        if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
-            raise TypeError("http_client must be an httpx.AsyncClient (use KNAIProvider for sync)")
-        connections = _args.check_max_connections(max_connections, http_client)
-        self._owns_http = http_client is None
+    _http_type = httpx.AsyncClient
+    _wrong_http = "http_client must be an httpx.AsyncClient (use KNAIProvider for sync)"
+
+    def _connect(self, http_client: httpx.AsyncClient | None, connections: int) -> None:
         http = http_client or LaneClient(size=connections, timeout=self.timeout)
         self._driver = AsyncDriver(http, self.base_url, self._headers)
 
-    async def get_session(
-        self,
-        provider_username: str,
-        *,
-        timeout: float | httpx.Timeout | None = None,
-        max_retries: int | None = None,
-    ) -> Session:
-        """Poll the session status of `provider_username` once.
+    @_twin_of(KNAIProvider.get_session)
+    async def get_session(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._driver.run(self._get(*args, **kwargs))
 
-        Args:
-            provider_username: The wallet user's name on your platform.
-            timeout: Per-attempt timeout for this call (default: the client's).
-            max_retries: Retries for this call (default: the client's).
+    @_twin_of(KNAIProvider.wait_for_session, CANCELLING)
+    async def wait_for_session(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._driver.run(self._wait(*args, **kwargs))
 
-        Returns:
-            The `Session`; `session.is_active` tells whether it can be charged.
-
-        Raises:
-            InvalidAPIKeyError: The key or slug was refused.
-            APIConnectionError: No response, after the retries.
-            ResponseValidationError: The answer was not a session payload.
-            KNAIError: Any other error answer.
-        """
-        return await self._driver.run(self._get(provider_username, timeout, max_retries))
-
-    async def wait_for_session(
-        self,
-        provider_username: str,
-        poll_interval: float = DEFAULT_POLL_INTERVAL,
-        *,
-        timeout: float | None = None,
-    ) -> Session:
-        """Poll until the user's session is active, and return it.
-
-        Without a timeout this waits as long as it takes (as 0.1.0 did), and an
-        error answer is raised once the client's retries are spent. With a
-        timeout, transient failures are ridden out until the deadline.
-        Cancelling the awaiting task stops the wait at once, mid-sleep or
-        mid-request, and leaves no request behind.
-
-        Args:
-            provider_username: The wallet user's name on your platform.
-            poll_interval: Seconds between polls (default 1.5).
-            timeout: Give up after this many seconds (default: never).
-
-        Returns:
-            The active `Session`; `session["session_token"]` charges it.
-
-        Raises:
-            SessionWaitTimeoutError: The deadline passed first (also a TimeoutError).
-            InvalidAPIKeyError: The key or slug was refused.
-            KNAIError: Any other error answer.
-        """
-        return await self._driver.run(self._wait(provider_username, poll_interval, timeout))
-
-    async def charge(
-        self,
-        session_token: str,
-        amount_tokens: int,
-        model: str,
-        *,
-        idempotency_key: str | None = None,
-        timeout: float | httpx.Timeout | None = None,
-        max_retries: int | None = None,
-    ) -> ChargeResult:
-        """Charge `amount_tokens` of `model` usage to the session's wallet.
-
-        Every retry of one call carries the same `Idempotency-Key`, so a retried
-        charge is applied at most once. Pass your own key (e.g. your request
-        id) to make a replay after a crash safe too.
-
-        Args:
-            session_token: The active session's token (secret).
-            amount_tokens: Tokens to charge: an int >= 1.
-            model: The model id the usage was of, e.g. "gpt-4".
-            idempotency_key: Up to 255 printable ASCII characters; default: a
-                fresh UUID4 (see `result.meta.idempotency_key`).
-            timeout: Per-attempt timeout for this call (default: the client's).
-            max_retries: Retries for this call (default: the client's).
-
-        Returns:
-            The `ChargeResult`; `result.meta` has the request id and retries.
-
-        Raises:
-            ValueError: An argument is malformed; nothing was sent.
-            InsufficientBalanceError: The wallet refused it for lack of balance.
-            SessionExpiredError: The session is expired, revoked or unknown.
-            InvalidAPIKeyError: The key or slug was refused.
-            APIConnectionError: No response after the retries; check
-                `exc.may_have_been_applied` and replay with `exc.idempotency_key`.
-            KNAIError: Any other error answer.
-        """
-        steps = self._charge(
-            session_token, amount_tokens, model, idempotency_key, timeout, max_retries
-        )
-        del session_token  # error trackers record frame locals: no token in this frame
+    @_twin_of(KNAIProvider.charge)
+    async def charge(self, *args: Any, **kwargs: Any) -> Any:
+        steps = self._charge(*args, **kwargs)
+        del args, kwargs  # error trackers record frame locals: no token in this frame
         return await self._driver.run(steps)
 
     async def aclose(self) -> None:

@@ -12,12 +12,19 @@ import os
 import sys
 from collections.abc import Generator, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import httpx
 
 from . import _args
-from ._constants import CHARGE_PATH, DEFAULT_MAX_RETRIES, STATUS_PATH, USER_AGENT
+from ._constants import (
+    CHARGE_PATH,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_TIMEOUT,
+    STATUS_PATH,
+    USER_AGENT,
+)
 from ._core import Plan, Reply, SessionWait, Step, call_steps, wait_steps
 from ._retry import RetryPolicy
 from ._types import Call
@@ -32,6 +39,8 @@ if TYPE_CHECKING:
 
 __all__ = ["BaseProvider"]
 
+_HttpT = TypeVar("_HttpT", httpx.Client, httpx.AsyncClient)
+
 
 def _session() -> type[Session]:
     # Imported when first parsed, not at `import knai` (building models costs more than httpx).
@@ -44,6 +53,14 @@ def _charge_result() -> type[ChargeResult]:
     from ._models import ChargeResult
 
     return ChargeResult
+
+
+def _options(given: dict[str, object], *names: str) -> tuple[object, ...]:
+    """The keyword options a method takes, in order (None when absent); TypeError for others."""
+    unknown = given.keys() - set(names)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
+    return tuple(given.get(name) for name in names)
 
 
 def _policy(retry: RetryPolicy | None, max_retries: object) -> RetryPolicy:
@@ -62,19 +79,25 @@ def _policy(retry: RetryPolicy | None, max_retries: object) -> RetryPolicy:
     return policy
 
 
-class BaseProvider:
+class BaseProvider(Generic[_HttpT]):
     """Configuration and request building shared by both clients."""
+
+    #: The kind of httpx client a caller may pass, and the error if it is the other kind.
+    _http_type: type[httpx.Client] | type[httpx.AsyncClient]
+    _wrong_http = ""
 
     def __init__(
         self,
-        provider_api_key: str | None,
-        provider_slug: str | None,
-        base_url: str | None,
+        provider_api_key: str | None = None,
+        provider_slug: str | None = None,
+        base_url: str | None = None,
         *,
-        timeout: float | httpx.Timeout,
-        max_retries: int,
-        retry: RetryPolicy | None,
-        default_headers: Mapping[str, str] | None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry: RetryPolicy | None = None,
+        http_client: _HttpT | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        max_connections: int | None = None,
     ) -> None:
         api_key = _args.check_token(
             "provider_api_key", _args.from_env(provider_api_key, "provider_api_key", "KNAI_API_KEY")
@@ -100,7 +123,15 @@ class BaseProvider:
             "X-Provider-API-Key": api_key,
             "X-Provider-Slug": slug,
         }
-        self._owns_http = True
+        if http_client is not None and not isinstance(http_client, self._http_type):
+            raise TypeError(self._wrong_http)
+        connections = _args.check_max_connections(max_connections, http_client)
+        self._owns_http = http_client is None
+        self._connect(http_client, connections)
+
+    def _connect(self, http_client: _HttpT | None, connections: int) -> None:
+        """Make the driver: over `http_client`, else over a pool of `connections`."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         name = type(self).__name__
@@ -140,26 +171,32 @@ class BaseProvider:
             secrets=(self._api_key,),
         )
 
-    def _get(
-        self, username: str, timeout: object, retries: object
-    ) -> Generator[Step, Reply, Session]:
-        return call_steps(self._status_call(username), _session, self._plan(timeout, retries))
+    # The call builders take the public methods' arguments as they were given
+    # (the async twins pass theirs on unnamed: one signature, the sync one).
+
+    def _get(self, provider_username: str, **options: object) -> Generator[Step, Reply, Session]:
+        timeout, retries = _options(options, "timeout", "max_retries")
+        return call_steps(
+            self._status_call(provider_username), _session, self._plan(timeout, retries)
+        )
 
     def _wait(
-        self, username: str, poll_interval: object, timeout: object
+        self,
+        provider_username: str,
+        poll_interval: object = DEFAULT_POLL_INTERVAL,
+        **options: object,
     ) -> Generator[Step, Reply, Session]:
-        wait = SessionWait(username, poll_interval, timeout, self.retry.clock)
-        return wait_steps(self._status_call(username), _session, self._plan(None, None), wait)
+        (timeout,) = _options(options, "timeout")
+        wait = SessionWait(provider_username, poll_interval, timeout, self.retry.clock)
+        call = self._status_call(provider_username)
+        return wait_steps(call, _session, self._plan(None, None), wait)
 
     def _charge(
-        self,
-        session_token: str,
-        amount_tokens: int,
-        model: str,
-        idempotency_key: str | None,
-        timeout: object,
-        max_retries: object,
+        self, session_token: str, amount_tokens: int, model: str, **options: object
     ) -> Generator[Step, Reply, ChargeResult]:
+        idempotency_key, timeout, max_retries = _options(
+            options, "idempotency_key", "timeout", "max_retries"
+        )
         token = _args.check_token("session_token", session_token)
         body = {
             "amount_tokens": _args.check_amount(amount_tokens),
