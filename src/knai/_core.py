@@ -13,10 +13,11 @@ error each outcome maps to, and the parsed model it returns. The drivers in
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import httpx
 
@@ -38,7 +39,7 @@ _ModelT = TypeVar("_ModelT", bound="_Payload")
 _T = TypeVar("_T")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     """Send `call` with `timeout`; its whole answer must be in by `until` (None: no limit)."""
 
@@ -48,7 +49,7 @@ class Send:
     clock: Callable[[], float]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pause:
     """Sleep `seconds`: with `policy`'s sleep between retries, plainly between polls (None)."""
 
@@ -64,7 +65,7 @@ Model = Callable[[], type[_ModelT]]
 Reply = tuple[httpx.Response, Body] | BaseException | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Plan:
     """How one call is made: the per-attempt timeout, its retries and deadline."""
 
@@ -165,13 +166,19 @@ def _parsed(
     call: Call, model: Model[_ModelT], response: httpx.Response, body: Body, meta: tuple[int, float]
 ) -> _ModelT:
     """The model a 2xx answer holds, or the error it maps to (a frame of its own: see _finish)."""
-    from ._models import parse_payload  # deferred: `import knai` builds no pydantic model
-
     payload, content = answer_of(call, response, body)
     attempts, elapsed = meta
-    return parse_payload(
+    parsed = _parser()(
         model(), payload, _meta(call, response, attempts, elapsed), content[:KEEP_RAW_BYTES]
     )
+    return cast("_ModelT", parsed)
+
+
+@functools.cache
+def _parser() -> Callable[..., object]:
+    from ._models import parse_payload  # deferred: `import knai` builds no pydantic model
+
+    return parse_payload
 
 
 def call_steps(call: Call, model: Model[_ModelT], plan: Plan) -> Generator[Step, Reply, _ModelT]:

@@ -7,6 +7,7 @@ facades; `_core` runs the calls built here.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import sys
@@ -42,13 +43,16 @@ __all__ = ["BaseProvider"]
 _HttpT = TypeVar("_HttpT", httpx.Client, httpx.AsyncClient)
 
 
+@functools.cache
 def _session() -> type[Session]:
-    # Imported when first parsed, not at `import knai` (building models costs more than httpx).
+    # Imported when first parsed, not at `import knai` (building models costs more than
+    # httpx); cached, as an import statement costs microseconds on every call.
     from ._models import Session
 
     return Session
 
 
+@functools.cache
 def _charge_result() -> type[ChargeResult]:
     from ._models import ChargeResult
 
