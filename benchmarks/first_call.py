@@ -5,10 +5,9 @@ inside `asyncio.run`, constructs an `AsyncKNAIProvider` for the benchmark
 server, makes its first charge and a second one, and closes it, while a
 heartbeat task wakes every millisecond. The longest gap between heartbeats,
 minus the millisecond, is the longest single loop step the SDK caused. Also
-timed: construction, each charge, and `aclose()`. An https base URL (on the
-same server through a TLS-less tunnel is not possible) is measured by building
-the TLS context the same way: `--https` points the client at a port that
-refuses, so the first attempt's stall up to the connect is what is measured.
+timed: construction, each charge, and `aclose()`. The https row points the
+client at a refused port: what it measures is the first call's setup (the TLS
+context among it) up to the failed connect.
 
     python benchmarks/first_call.py            # 7 trials, medians and worst
     python benchmarks/first_call.py --trials 3
@@ -27,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _server import BenchServer  # noqa: E402
+from _server import BenchServer
 
 TRIAL = r"""
 import asyncio, json, sys, time
@@ -94,11 +93,14 @@ def main() -> int:
     rows["https (refused port: setup only)"] = [
         trial("https://127.0.0.1:9") for _ in range(args.trials)
     ]
-    print("| base URL | max loop step ms (median / worst) | construct ms | first charge ms"
-          " | second charge ms | aclose ms |")
+    print(
+        "| base URL | max loop step ms (median / worst) | construct ms | first charge ms"
+        " | second charge ms | aclose ms |"
+    )
     print("|---|---|---|---|---|---|")
     for name, runs in rows.items():
-        def med(key: str) -> float:
+
+        def med(key: str, runs: list[dict[str, float]] = runs) -> float:
             return statistics.median(r[key] for r in runs) * 1000
 
         worst = max(r["max_step"] for r in runs) * 1000
