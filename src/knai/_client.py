@@ -201,15 +201,17 @@ class KNAIProvider(BaseProvider[httpx.Client]):
                 `exc.may_have_been_applied` and replay with `exc.idempotency_key`.
             KNAIError: Any other error answer.
         """
-        steps = self._charge(
-            session_token,
-            amount_tokens,
-            model,
-            idempotency_key=idempotency_key,
-            timeout=timeout,
-            max_retries=max_retries,
-        )
-        del session_token  # error trackers record frame locals: no token in this frame
+        try:
+            steps = self._charge(
+                session_token,
+                amount_tokens,
+                model,
+                idempotency_key=idempotency_key,
+                timeout=timeout,
+                max_retries=max_retries,
+            )
+        finally:
+            del session_token  # error trackers record frame locals: no token in this frame
         return self._driver.run(steps)
 
     def close(self) -> None:
@@ -274,8 +276,10 @@ class AsyncKNAIProvider(BaseProvider[httpx.AsyncClient]):
 
     @_twin_of(KNAIProvider.charge)
     async def charge(self, *args: Any, **kwargs: Any) -> Any:
-        steps = self._charge(*args, **kwargs)
-        del args, kwargs  # error trackers record frame locals: no token in this frame
+        try:
+            steps = self._charge(*args, **kwargs)
+        finally:
+            del args, kwargs  # error trackers record frame locals: no token in this frame
         return await self._driver.run(steps)
 
     async def aclose(self) -> None:

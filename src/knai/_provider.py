@@ -198,6 +198,17 @@ class BaseProvider(Generic[_HttpT]):
     def _charge(
         self, session_token: str, amount_tokens: int, model: str, **options: object
     ) -> Generator[Step, Reply, ChargeResult]:
+        try:
+            return self._charge_steps(session_token, amount_tokens, model, options)
+        except (ValueError, TypeError) as exc:
+            # A bad argument is raised without the frames whose locals hold the token
+            # (error trackers record them), this one's included.
+            del session_token
+            raise exc.with_traceback(None) from None
+
+    def _charge_steps(
+        self, session_token: str, amount_tokens: int, model: str, options: dict[str, object]
+    ) -> Generator[Step, Reply, ChargeResult]:
         idempotency_key, timeout, max_retries = _options(
             options, "idempotency_key", "timeout", "max_retries"
         )

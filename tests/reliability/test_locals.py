@@ -83,3 +83,20 @@ async def test_no_frame_local_or_error_field_shows_a_secret_under_any_fault(
     assert API_KEY not in shown
     if endpoint == "charge":  # a status poll's own secret is the key: it sends no token
         assert TOKEN not in shown
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"amount_tokens": 0}, {"model": " "}, {"idempotency_key": "k" * 300}, {"timeout": -1}],
+)
+async def test_a_refused_argument_leaves_no_token_in_frame_locals(
+    clients: Clients, bad: dict[str, Any]
+) -> None:
+    """A ValueError for a bad amount, model, key or timeout: the token is in no SDK frame."""
+    twin = clients.make("http://127.0.0.1:9")
+    arguments: dict[str, Any] = {"amount_tokens": 1, "model": "gpt-4", **bad}
+    with pytest.raises(ValueError, match=next(iter(bad))) as caught:
+        await twin.charge(
+            TOKEN, arguments.pop("amount_tokens"), arguments.pop("model"), **arguments
+        )
+    assert TOKEN not in rendered(caught.value)
