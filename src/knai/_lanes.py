@@ -30,6 +30,7 @@ on its lanes, at 64 tasks.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -40,6 +41,34 @@ import httpx
 __all__ = ["LaneClient", "LaneTransport", "Lanes"]
 
 _ONE_CONNECTION = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+
+
+_TLS: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
+
+
+def _tls_key() -> tuple[str | None, str | None]:
+    return os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+
+
+def tls_ready() -> bool:
+    """True when `tls_context()` would not block: made already for this environment."""
+    return _tls_key() in _TLS
+
+
+def tls_context() -> ssl.SSLContext:
+    """The TLS context every lane shares: httpx's default, made once per trust store.
+
+    Loading the trust store takes tens of milliseconds; the context depends on
+    nothing but SSL_CERT_FILE / SSL_CERT_DIR, so one is made per value of those.
+    """
+    key = _tls_key()
+    context = _TLS.get(key)
+    if context is None:
+        context = _TLS[key] = httpx.create_ssl_context()
+        # The first transport made costs ~20 ms more than the next ones (httpcore's
+        # lazy setup): pay that here too, not on the event loop.
+        httpx.AsyncHTTPTransport(verify=context, limits=_ONE_CONNECTION)
+    return context
 
 
 def _expire(waiter: asyncio.Future[httpx.AsyncBaseTransport | None]) -> None:
@@ -177,11 +206,11 @@ class LaneTransport(httpx.AsyncBaseTransport):
     def prepare(self) -> None:
         """Do the slow, blocking part of making lanes (the TLS context); safe in a thread."""
         if self._tls is None:
-            # Made once, as each client would make it (trust store, SSL_CERT_FILE/DIR).
-            self._tls = httpx.create_ssl_context()
-            # The first transport made costs ~20 ms more than the next ones (httpcore's
-            # lazy setup): pay that here too, not on the event loop.
-            httpx.AsyncHTTPTransport(verify=self._tls, limits=_ONE_CONNECTION)
+            self._tls = tls_context()
+
+    @property
+    def prepared(self) -> bool:
+        return self._tls is not None
 
     def _lane(self) -> httpx.AsyncHTTPTransport:
         if self._tls is None:
@@ -260,6 +289,10 @@ class LaneClient(httpx.AsyncClient):
         """Build what lanes need before the first request (blocking: run it in a thread)."""
         for transport in self.lane_transports():
             transport.prepare()
+
+    def ready(self) -> bool:
+        """True when `prepare()` would not block."""
+        return tls_ready() or all(t.prepared for t in self.lane_transports())
 
     async def aclose(self) -> None:
         await super().aclose()  # closes the transport and every proxy mount

@@ -126,8 +126,11 @@ class AsyncDriver(_Driver):
         """
         self._cold = False
         lanes = self.http if isinstance(self.http, LaneClient) else None
-        if "knai._models" not in sys.modules or lanes is not None:
-            await asyncio.to_thread(_warm_up, lanes)
+        if all(name in sys.modules for name in _WARM) and (lanes is None or lanes.ready()):
+            if lanes is not None:
+                lanes.prepare()  # nothing left that blocks: done here, at once
+            return
+        await asyncio.to_thread(_warm_up, lanes)
 
     async def _exchange(self, step: Send) -> Reply:
         if self.http.is_closed:
@@ -146,6 +149,9 @@ class AsyncDriver(_Driver):
         except Exception as exc:
             return exc
         return response, body
+
+
+_WARM = ("knai._models", "anyio._backends._asyncio", "httpcore._backends.anyio", "sniffio")
 
 
 def _warm_up(lanes: LaneClient | None) -> None:
