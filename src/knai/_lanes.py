@@ -16,8 +16,9 @@ timeout.
 Connections belong to the event loop that opened them: each loop gets its own
 lanes, made as they are first needed, and closed when that loop shuts down
 (`asyncio.run` closes them through the async-generator hook) or with the
-client. The environment (proxies) is read once, by the client, at
-construction; proxied requests go through lanes of their own.
+client. The environment's proxies are read once, by the client, at
+construction; proxied requests go through lanes of their own. The TLS
+context is made once per trust store and shared.
 
 Delete this module when the pool no longer degrades: once httpcore's async
 pool fix is released, or on moving to httpx2 (whose async pool measured 0.83x
