@@ -9,7 +9,7 @@ import httpx
 import respx
 
 from knai import AsyncKNAIProvider, ChargeResult, KNAIProvider, Session
-from tests.conftest import API_KEY, SLUG, TOKEN, _record_sleeps
+from tests.conftest import API_KEY, SLUG, TOKEN, recording
 
 STATUS = "/providers/session/status"
 CHARGE = "/charge/authorize"
@@ -58,11 +58,6 @@ class Twin:
         self.provider = provider
         self.is_async = isinstance(provider, AsyncKNAIProvider)
 
-    @property
-    def http(self) -> httpx.Client | httpx.AsyncClient:
-        """The pooled httpx client the provider sends through."""
-        return self.provider._transport.http
-
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         result = getattr(self.provider, name)(*args, **kwargs)
         return await result if self.is_async else result
@@ -99,9 +94,9 @@ class Twins:
         """A provider with the test credentials unless `options` say otherwise (None: from env)."""
         options.setdefault("provider_api_key", API_KEY)
         options.setdefault("provider_slug", SLUG)
+        options.setdefault("retry", recording(self.sleeps))
         cls = AsyncKNAIProvider if self.is_async else KNAIProvider
         provider = cls(**options)
-        _record_sleeps(provider, self.sleeps)
         twin = Twin(provider)
         self._made.append(twin)
         return twin

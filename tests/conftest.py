@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import respx
 
-from knai import AsyncKNAIProvider, KNAIProvider
+from knai import AsyncKNAIProvider, KNAIProvider, RetryPolicy
 
 if TYPE_CHECKING:
     from tests._twin import Twin, Twins
@@ -47,12 +46,13 @@ def sleeps() -> list[float]:
     return []
 
 
-def _record_sleeps(provider: KNAIProvider | AsyncKNAIProvider, sleeps: list[float]) -> None:
+def recording(sleeps: list[float], **options: Any) -> RetryPolicy:
+    """A retry policy that records each pause in `sleeps` instead of sleeping."""
+
     async def asleep(seconds: float) -> None:
         sleeps.append(seconds)
 
-    transport = provider._transport
-    transport.policy = replace(transport.policy, sleep=sleeps.append, asleep=asleep)
+    return RetryPolicy(sleep=sleeps.append, asleep=asleep, **options)
 
 
 @pytest.fixture
@@ -64,16 +64,16 @@ def api() -> Iterator[respx.MockRouter]:
 
 @pytest.fixture
 def client(api: respx.MockRouter, sleeps: list[float]) -> Iterator[KNAIProvider]:
-    provider = KNAIProvider(provider_api_key=API_KEY, provider_slug=SLUG)
-    _record_sleeps(provider, sleeps)
+    provider = KNAIProvider(provider_api_key=API_KEY, provider_slug=SLUG, retry=recording(sleeps))
     with provider:
         yield provider
 
 
 @pytest.fixture
 async def aclient(api: respx.MockRouter, sleeps: list[float]) -> AsyncIterator[AsyncKNAIProvider]:
-    provider = AsyncKNAIProvider(provider_api_key=API_KEY, provider_slug=SLUG)
-    _record_sleeps(provider, sleeps)
+    provider = AsyncKNAIProvider(
+        provider_api_key=API_KEY, provider_slug=SLUG, retry=recording(sleeps)
+    )
     async with provider:
         yield provider
 

@@ -15,6 +15,7 @@ from knai import (
     AsyncKNAIProvider,
     InvalidAPIKeyError,
     KNAIError,
+    KNAIProvider,
     ServerError,
     SessionExpiredError,
     SessionWaitTimeoutError,
@@ -129,22 +130,26 @@ def test_with_block_closes_the_pool(api: respx.MockRouter) -> None:
     api.get(STATUS).mock(return_value=reply(body=ACTIVE))
     with KNAIProvider(provider_api_key=API_KEY, provider_slug=SLUG) as provider:
         provider.get_session("user123")
-        assert not provider._transport.http.is_closed
-    assert provider._transport.http.is_closed
+    with pytest.raises(RuntimeError, match="closed"):
+        provider.get_session("user123")
+    assert api.calls.call_count == 1  # nothing was sent once it was closed
 
 
 async def test_async_with_block_closes_the_pool(api: respx.MockRouter) -> None:
     api.get(STATUS).mock(return_value=reply(body=ACTIVE))
     async with AsyncKNAIProvider(provider_api_key=API_KEY, provider_slug=SLUG) as provider:
         await provider.get_session("user123")
-        assert not provider._transport.http.is_closed
-    assert provider._transport.http.is_closed
+    with pytest.raises(RuntimeError, match="closed"):
+        await provider.get_session("user123")
+    assert api.calls.call_count == 1
 
 
-async def test_close_is_idempotent(twin: Twin) -> None:
+async def test_close_is_idempotent(twin: Twin, api: respx.MockRouter) -> None:
+    api.get(STATUS).mock(return_value=reply(body=ACTIVE))
     await twin.close()
     await twin.close()
-    assert twin.http.is_closed
+    with pytest.raises(RuntimeError, match="closed"):
+        await twin.get_session("user123")
 
 
 async def test_with_options_shares_the_pool_and_closing_the_copy_leaves_it_open(
@@ -152,13 +157,13 @@ async def test_with_options_shares_the_pool_and_closing_the_copy_leaves_it_open(
 ) -> None:
     api.get(STATUS).mock(return_value=reply(body=ACTIVE))
     copy = twin.with_options(timeout=1.0, max_retries=0)
-    assert copy.http is twin.http
     await copy.get_session("user123")
     await copy.close()
-    assert not twin.http.is_closed
     assert (await twin.get_session("user123")).is_active
+    assert (await copy.get_session("user123")).is_active  # closing the copy closed nothing
     await twin.close()
-    assert twin.http.is_closed
+    with pytest.raises(RuntimeError, match="closed"):
+        await copy.get_session("user123")  # the copy's pool was the original's
 
 
 async def test_repr_names_the_slug_but_never_the_api_key(twin: Twin) -> None:
@@ -415,3 +420,121 @@ async def test_a_secret_is_redacted_before_a_long_message_is_cut(
         await charge(twin)
     assert TOKEN[:12] not in str(info.value)
     assert "<redac" in str(info.value)
+
+
+# -- an unclosed client (issue 9, item 10) ------------------------------------------------------
+
+README_010 = """
+import sys
+from knai import KNAIProvider
+
+provider = KNAIProvider(provider_api_key="sk_test", provider_slug="acme", base_url=sys.argv[1])
+session = provider.get_session("user123")
+result = provider.charge("tok_1", amount_tokens=1500, model="gpt-4")
+print(f"Charge successful: {result}")
+"""
+
+
+def test_the_010_readme_example_never_closing_its_provider_runs_warning_free() -> None:
+    """Under -W error -X dev, a provider left open closes its pool when collected."""
+    import subprocess
+    import sys
+
+    from tests.reliability._rogue import Reply, RogueServer
+
+    body = {"status": "active", "session_token": "tok_1", "charge_id": "ch_1"}
+    with RogueServer(Reply(200, body)) as server:
+        done = subprocess.run(
+            [sys.executable, "-X", "dev", "-W", "error", "-c", README_010, server.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 0, done.stderr
+    assert "Charge successful" in done.stdout
+    assert "ResourceWarning" not in done.stderr
+    assert "Warning" not in done.stderr, done.stderr
+
+
+def test_a_collected_sync_client_closes_its_connections() -> None:
+    import gc
+
+    from tests.reliability._rogue import Reply, RogueServer
+
+    with RogueServer(Reply(200, ACTIVE)) as server:
+        provider = KNAIProvider(API_KEY, SLUG, server.url)
+        provider.get_session("user123")
+        copy = provider.with_options(timeout=1.0)
+        del provider
+        gc.collect()
+        assert copy.get_session("user123").is_active  # a copy keeps the shared pool alive
+        del copy
+        gc.collect()
+        assert server.wait_until(lambda: server.open_connections == 0)
+
+
+# -- the twins' docstrings (issue 11) -----------------------------------------------------------
+
+
+def _sections(doc: str) -> dict[str, str]:
+    """A Google-style docstring by section: "" (the summary), "Args", "Returns", "Raises"..."""
+    sections: dict[str, list[str]] = {"": []}
+    current = ""
+    for line in doc.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            current = line[:-1]
+            sections[current] = []
+        else:
+            sections[current].append(line)
+    return {name: "\n".join(lines).strip() for name, lines in sections.items()}
+
+
+def _args(doc: str) -> dict[str, str]:
+    """The Args section as {name: its description, lines joined}."""
+    found: dict[str, str] = {}
+    name, inside = "", False
+    for line in doc.splitlines():
+        if not line.startswith(" "):
+            inside = line == "Args:"
+        elif inside and not line.startswith("     "):
+            name, _, rest = line.strip().partition(": ")
+            found[name] = rest
+        elif inside:
+            found[name] += " " + line.strip()
+    return found
+
+
+@pytest.mark.parametrize("name", ["get_session", "wait_for_session", "charge", "with_options"])
+def test_the_twins_methods_have_one_signature_and_one_docstring(name: str) -> None:
+    import inspect
+
+    sync_method, async_method = getattr(KNAIProvider, name), getattr(AsyncKNAIProvider, name)
+    assert inspect.signature(sync_method) == inspect.signature(async_method)
+    ours, theirs = (
+        _sections(inspect.getdoc(sync_method) or ""),
+        _sections(inspect.getdoc(async_method) or ""),
+    )
+    # The async wait may add what cancelling it does; every section is otherwise the same.
+    theirs[""] = theirs[""].replace(
+        "\nCancelling the awaiting task stops the wait at once, mid-sleep or\nmid-request,"
+        " and leaves no request behind.",
+        "",
+    )
+    assert ours == theirs
+
+
+def test_the_sync_client_documents_every_argument_and_the_async_one_what_differs() -> None:
+    import inspect
+
+    ours = _args(inspect.getdoc(KNAIProvider) or "")
+    theirs = _args(inspect.getdoc(AsyncKNAIProvider) or "")
+    assert ours.keys() == set(inspect.signature(KNAIProvider).parameters)
+    assert inspect.signature(KNAIProvider).parameters.keys() == (
+        inspect.signature(AsyncKNAIProvider).parameters.keys()
+    )
+    assert theirs.keys() == {"(all others)", "http_client", "max_connections"}
+    assert "AsyncClient" in theirs["http_client"]
+    assert (
+        _sections(inspect.getdoc(KNAIProvider) or "")["Raises"]
+        == _sections(inspect.getdoc(AsyncKNAIProvider) or "")["Raises"]
+    )

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from knai import APITimeoutError, AsyncKNAIProvider, KNAIProvider
-from knai._args import DEFAULT_MAX_CONNECTIONS
+from knai._constants import DEFAULT_MAX_CONNECTIONS
 from knai._lanes import Lanes
 from knai.testing.pytest_plugin import quick_retries
 from tests._twin import CHARGED, Twin
@@ -33,13 +33,8 @@ LIMIT = 8  # max_connections of the providers below, unless a test says otherwis
 
 
 def lanes(size: int) -> Lanes:
-    """Owned lanes over mock clients (nothing is sent)."""
-    return Lanes(
-        [
-            httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
-            for _ in range(size)
-        ]
-    )
+    """Lanes over mock transports, made as they are first taken (nothing is sent)."""
+    return Lanes(size, lambda: httpx.MockTransport(lambda r: httpx.Response(200)))
 
 
 # -- Lanes on its own ---------------------------------------------------------------------------
@@ -47,8 +42,10 @@ def lanes(size: int) -> Lanes:
 
 async def test_lanes_are_taken_in_order_and_never_more_than_there_are() -> None:
     pool = lanes(3)
+    assert pool.made == []  # none is made before it is needed
     taken = [await pool.take(1.0) for _ in range(3)]
-    assert taken == pool.clients  # the first lane first: one request uses one connection
+    assert taken == pool.made  # each made as needed; three distinct lanes
+    assert len(set(map(id, taken))) == 3
     assert await pool.take(0.01) is None  # a fourth must wait; here it times out
     await pool.aclose()
 
@@ -125,25 +122,24 @@ async def test_a_waiter_cancelled_just_after_being_handed_a_lane_passes_it_on() 
     await pool.aclose()
 
 
-async def test_closing_closes_every_lane_and_then_refuses_new_requests() -> None:
-    pool = lanes(4)
-    await pool.aclose()
-    assert all(client.is_closed for client in pool.clients)
-    with pytest.raises(RuntimeError, match="client has been closed"):
-        await pool.take(1.0)
-
-
-async def test_closing_closes_the_other_lanes_even_if_one_fails() -> None:
+async def test_closing_closes_every_lane_even_if_one_fails() -> None:
     pool = lanes(3)
+    made = [await pool.take(1.0) for _ in range(3)]
+    closed: list[int] = []
 
-    async def broken() -> None:
-        raise OSError("close failed")
+    def closer(n: int) -> Any:
+        async def aclose() -> None:
+            closed.append(n)
+            if n == 1:
+                raise OSError("close failed")
 
-    pool.clients[1].aclose = broken  # type: ignore[method-assign]
+        return aclose
+
+    for n, lane in enumerate(made):
+        lane.aclose = closer(n)  # type: ignore[method-assign,union-attr]
     with pytest.raises(OSError, match="close failed"):
         await pool.aclose()
-    assert pool.clients[0].is_closed
-    assert pool.clients[2].is_closed
+    assert closed == [0, 1, 2]
 
 
 # -- over loopback ------------------------------------------------------------------------------
@@ -204,10 +200,7 @@ async def test_the_sdks_own_pool_opens_at_most_max_connections_and_reuses_them(
         assert server.connections == limit
         # The idempotency keys stayed one per charge.
         assert len(set(server.header_values("Idempotency-Key"))) == 2 * n
-        made = provider._transport.lanes.clients  # type: ignore[union-attr]
-        assert len(made) == limit
-        assert not any(lane.is_closed for lane in made)
-    assert all(lane.is_closed for lane in made)  # leaving the block closed every lane
+    # Leaving the block closed every connection.
     assert await asyncio.to_thread(server.wait_until, lambda: server.open_connections == 0)
 
 
@@ -239,7 +232,6 @@ async def test_a_callers_own_client_is_used_as_it_is_under_its_own_limits(
         assert [r.charge_id for r in await everyone] == ["ch_1"] * 20
         await provider.aclose()
         assert not mine.is_closed
-        assert provider._transport.lanes is None
 
 
 @pytest.mark.parametrize(("max_retries", "at_least"), [(0, 0.08), (2, 0.25)])
@@ -333,3 +325,42 @@ async def test_every_lane_keeps_the_proxy_settings_the_client_was_made_with(
     else:
         assert (proxy.count, server.count) == (0, 6)  # none go to a proxy set later
         assert server.connections == 6
+
+
+# -- event loops (issue 9, item 1) --------------------------------------------------------------
+
+
+def test_one_async_client_serves_several_event_loops_and_closes_from_a_new_one() -> None:
+    """Celery tasks, sync views: each asyncio.run gets connections of its own; none is lost."""
+    with RogueServer(Reply(200, CHARGED)) as server:
+        provider = AsyncKNAIProvider(API_KEY, SLUG, server.url)
+
+        async def two() -> list[Any]:
+            return list(await crowd(provider, 2))
+
+        first = asyncio.run(two())
+        # The first loop's connections were closed with it (no socket left on a dead loop).
+        assert server.wait_until(lambda: server.open_connections == 0)
+        second = asyncio.run(two())
+        asyncio.run(provider.aclose())
+        assert server.wait_until(lambda: server.open_connections == 0)
+    assert [r.charge_id for r in first + second] == ["ch_1"] * 4
+    assert server.count == 4  # four charges, four requests: nothing charged twice or lost
+
+
+def test_a_closed_async_client_refuses_before_sending_from_any_loop() -> None:
+    with RogueServer(Reply(200, CHARGED)) as server:
+        provider = AsyncKNAIProvider(API_KEY, SLUG, server.url)
+        asyncio.run(provider.charge(TOKEN, 1, "gpt-4"))
+        asyncio.run(provider.aclose())
+        with pytest.raises(RuntimeError, match="closed"):
+            asyncio.run(provider.charge(TOKEN, 1, "gpt-4"))
+    assert server.count == 1
+
+
+def test_constructing_the_async_client_opens_nothing_and_needs_no_loop() -> None:
+    with RogueServer(Reply(200, CHARGED)) as server:
+        provider = AsyncKNAIProvider(API_KEY, SLUG, server.url, max_connections=1000)
+        assert server.connections == 0
+        asyncio.run(provider.aclose())  # closing an unused client is free, from any loop
+    assert server.connections == 0

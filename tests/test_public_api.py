@@ -32,6 +32,7 @@ EXPECTED = {
     "RateLimitError",
     "ResponseMeta",
     "ResponseValidationError",
+    "RetryPolicy",
     "ServerError",
     "Session",
     "SessionExpiredError",

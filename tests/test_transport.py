@@ -13,8 +13,8 @@ import httpx
 import pytest
 import respx
 
-import knai._transport
-from knai import KNAIError, ResponseValidationError, ServerError
+import knai._constants
+from knai import AsyncKNAIProvider, KNAIError, KNAIProvider, ResponseValidationError, ServerError
 from tests._twin import (
     ACTIVE,
     CHARGE,
@@ -28,6 +28,7 @@ from tests._twin import (
     sent_json,
 )
 from tests.conftest import API_KEY, SLUG, TOKEN
+from tests.reliability._rogue import Reply, RogueServer
 
 pytestmark = pytest.mark.anyio
 
@@ -116,16 +117,18 @@ async def test_default_headers_go_with_every_request(twins: Twins, api: respx.Mo
         assert request.headers["X-Provider-API-Key"] == API_KEY
 
 
-async def test_one_pool_serves_every_call(twin: Twin, api: respx.MockRouter) -> None:
-    api.get(STATUS).mock(return_value=reply(body=ACTIVE))
-    api.post(CHARGE).mock(return_value=reply(body=CHARGED))
-    http = twin.http
-    for _ in range(2):
-        await twin.get_session("user123")
-        await charge(twin)
-    assert twin.http is http
-    assert twin.with_options(max_retries=0, timeout=1.0).http is http
-    assert not http.is_closed
+@pytest.mark.parametrize("cls", [KNAIProvider, AsyncKNAIProvider])
+async def test_one_pool_serves_every_call(cls: type[KNAIProvider | AsyncKNAIProvider]) -> None:
+    """Calls, and calls of a with_options copy, reuse one kept-alive connection."""
+    with RogueServer(Reply(200, ACTIVE)) as server:
+        twin = Twin(cls(API_KEY, SLUG, server.url))
+        for _ in range(2):
+            await twin.get_session("user123")
+            await charge(twin)
+        await twin.with_options(max_retries=0, timeout=1.0).get_session("user123")
+        await twin.close()
+    assert server.count == 5
+    assert server.connections == 1
 
 
 async def test_users_http_client_is_used_and_left_open(twins: Twins, api: respx.MockRouter) -> None:
@@ -133,7 +136,6 @@ async def test_users_http_client_is_used_and_left_open(twins: Twins, api: respx.
     http = twins.http_client(headers={"X-Proxy-Tag": "edge-1"})
     twin = twins.make(http_client=http)
     await twin.get_session("user123")
-    assert twin.http is http
     assert route.calls.last.request.headers["X-Proxy-Tag"] == "edge-1"
     await twin.close()
     assert not http.is_closed
@@ -233,7 +235,7 @@ async def test_raw_body_is_truncated_to_64_kib(twin: Twin, api: respx.MockRouter
 
 def _endless(twins: Twins, produced: list[int]) -> Iterator[bytes] | AsyncIterator[bytes]:
     """A body far over MAX_RESPONSE_BYTES, produced lazily; counts the chunks pulled."""
-    chunk, count = b"x" * 65536, 4 * knai._transport.MAX_RESPONSE_BYTES // 65536
+    chunk, count = b"x" * 65536, 4 * knai._constants.MAX_RESPONSE_BYTES // 65536
 
     def sync() -> Iterator[bytes]:
         for _ in range(count):
@@ -256,7 +258,7 @@ async def test_oversized_body_is_refused_without_being_buffered(
     )
     with pytest.raises(ResponseValidationError, match="exceeds"):
         await twin.get_session("user123")
-    assert sum(produced) <= knai._transport.MAX_RESPONSE_BYTES + 2 * 65536
+    assert sum(produced) <= knai._constants.MAX_RESPONSE_BYTES + 2 * 65536
     assert route.call_count == 1
 
 

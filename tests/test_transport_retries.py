@@ -12,7 +12,7 @@ import httpx
 import pytest
 import respx
 
-import knai._transport
+import knai._response
 from knai import (
     APIConnectionError,
     APITimeoutError,
@@ -197,7 +197,7 @@ async def test_retry_after_http_date_is_honoured(
 ) -> None:
     # Pin the parser's clock so the date means exactly 7 s from "now".
     now = datetime(2025, 1, 1, 12, 0, 0, tzinfo=timezone.utc).timestamp()
-    monkeypatch.setattr(knai._transport, "parse_retry_after", partial(parse_retry_after, now=now))
+    monkeypatch.setattr(knai._response, "parse_retry_after", partial(parse_retry_after, now=now))
     failed = reply(429, {"error": "later"}, {"Retry-After": "Wed, 01 Jan 2025 12:00:07 GMT"})
     api.post(CHARGE).mock(side_effect=[failed, reply(body=CHARGED)])
     await charge(twin)

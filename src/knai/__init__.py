@@ -25,7 +25,8 @@ from ._errors import (
     SessionWaitTimeoutError,
 )
 from ._json import JSONValue
-from ._transport import ResponseMeta
+from ._retry import RetryPolicy
+from ._types import ResponseMeta
 from ._version import __version__
 
 if _typing.TYPE_CHECKING:
@@ -45,6 +46,7 @@ __all__ = [
     "RateLimitError",
     "ResponseMeta",
     "ResponseValidationError",
+    "RetryPolicy",
     "ServerError",
     "Session",
     "SessionExpiredError",

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ._constants import DEFAULT_BASE_URL, DEFAULT_MAX_CONNECTIONS, MAX_CONNECTIONS_LIMIT
+
 __all__ = [
     "DEFAULT_BASE_URL",
     "MAX_AMOUNT_TOKENS",
@@ -30,7 +32,6 @@ __all__ = [
     "from_env",
 ]
 
-DEFAULT_BASE_URL = "https://api.conx.ai"
 MAX_AMOUNT_TOKENS = 2**63 - 1
 _MAX_KEY_LENGTH = 255
 _MAX_USERNAME_LENGTH = 1024  # encoded, it must fit in a URL
@@ -154,11 +155,6 @@ def check_max_retries(value: object) -> int:
     return value
 
 
-#: Connections the SDK's own pool may open (httpx's default pool limit).
-DEFAULT_MAX_CONNECTIONS = 100
-_MAX_CONNECTIONS_LIMIT = 1000
-
-
 def check_max_connections(value: object, http_client: object) -> int:
     """A connection limit, 1 to 1000, for the SDK's own pool (not with `http_client`)."""
     if value is None:
@@ -171,10 +167,10 @@ def check_max_connections(value: object, http_client: object) -> int:
     if (
         isinstance(value, bool)
         or not isinstance(value, int)
-        or not 1 <= value <= _MAX_CONNECTIONS_LIMIT
+        or not 1 <= value <= MAX_CONNECTIONS_LIMIT
     ):
         raise ValueError(
-            f"max_connections must be an int from 1 to {_MAX_CONNECTIONS_LIMIT}, got {value!r}"
+            f"max_connections must be an int from 1 to {MAX_CONNECTIONS_LIMIT}, got {value!r}"
         )
     return value
 

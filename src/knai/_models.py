@@ -35,7 +35,7 @@ from ._dump import select, wire_json
 from ._errors import ResponseValidationError
 from ._json import JSONValue
 from ._redact import _redacted, secret_values
-from ._transport import ResponseMeta
+from ._types import ResponseMeta
 
 if TYPE_CHECKING:
     from typing_extensions import Self

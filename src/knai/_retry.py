@@ -1,8 +1,10 @@
-"""When to retry and how long to wait: one small policy in front of tenacity.
+"""When to retry and how long to wait: `RetryPolicy`, with tenacity behind it.
 
 `RetryPolicy.should_retry` and `parse_retry_after` are pure, so the whole
-decision is testable as a table; tenacity only runs the loop, and never
-appears in knai's public API.
+decision is testable as a table. tenacity's retry, wait and stop strategies
+take every decision after a failure (the core asks them through
+`Retrying.iter`, and does the sleeping itself); tenacity never appears in
+knai's public API.
 """
 
 from __future__ import annotations
@@ -14,22 +16,23 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, TypeVar
 
 import tenacity as _tenacity
 
+from ._constants import (
+    DEFAULT_INITIAL_BACKOFF,
+    DEFAULT_JITTER,
+    DEFAULT_MAX_BACKOFF,
+    DEFAULT_MAX_RETRY_AFTER,
+    RETRYABLE_STATUSES,
+)
 from ._errors import APIConnectionError, KNAIError
 
 __all__ = ["RETRYABLE_STATUSES", "RetryPolicy", "parse_retry_after"]
 
 log = logging.getLogger("knai")
-_LoopT = TypeVar("_LoopT", bound=_tenacity.BaseRetrying)
-_T = TypeVar("_T")
-
-#: Statuses that say "try again": timeout, rate limit, transient server errors.
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -56,22 +59,77 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, seconds)
 
 
+def _seconds(name: str, value: object, *, fraction: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (fraction and value > 1):
+        bounds = "from 0 to 1" if fraction else ">= 0"
+        raise ValueError(f"{name} must be {bounds}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Which failures are retried, and the pause before each retry.
+    """How a client retries transient failures: how often, and the pause before each retry.
 
-    Pauses grow exponentially from `initial_backoff` to `max_backoff`, each
-    shortened by up to `jitter` (a fraction) so that many clients do not retry
-    in step. A server's `Retry-After` replaces the backoff; one longer than
-    `max_retry_after` is not waited for: the error is raised at once.
+    Connection errors, timeouts, 408, 429 and 5xx are retried; every retry of a
+    charge carries the same `Idempotency-Key`. Pauses grow exponentially from
+    `initial_backoff` to `max_backoff`, each shortened by up to `jitter` (a
+    fraction) so that many clients do not retry in step. A server's
+    `Retry-After` replaces the backoff; one longer than `max_retry_after` is
+    not waited for: the error is raised at once. No pause runs past a deadline
+    (`wait_for_session(timeout=...)`).
+
+    Args:
+        max_retries: Retries per call (0 turns retries off). None (the
+            default) leaves the count to the client's `max_retries=`; set here,
+            it is the client's default count (a `max_retries=` that is also
+            given must then agree with it). A call's own `max_retries=` wins.
+        initial_backoff: Seconds before the first retry.
+        max_backoff: The longest pause between retries.
+        max_retry_after: The longest `Retry-After` that is waited for.
+        jitter: Up to this fraction of each pause is taken off at random.
+        sleep: How the sync client pauses (a seam for tests).
+        asleep: How the async client pauses.
+        clock: Monotonic seconds, for deadlines and elapsed times.
+
+    Raises:
+        ValueError: A number is negative, not finite, or `jitter` is over 1.
+
+    Example:
+        provider = KNAIProvider(retry=RetryPolicy(max_retries=5, max_backoff=2.0))
     """
 
-    initial_backoff: float = 0.5
-    max_backoff: float = 8.0
-    max_retry_after: float = 60.0
-    jitter: float = 0.25
+    max_retries: int | None = None
+    initial_backoff: float = DEFAULT_INITIAL_BACKOFF
+    max_backoff: float = DEFAULT_MAX_BACKOFF
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
+    jitter: float = DEFAULT_JITTER
     sleep: Callable[[float], None] = time.sleep
     asleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    clock: Callable[[], float] = time.monotonic
+    _engine: _tenacity.Retrying = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_retries is not None and (
+            isinstance(self.max_retries, bool)
+            or not isinstance(self.max_retries, int)
+            or self.max_retries < 0
+        ):
+            raise ValueError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
+        for name in ("initial_backoff", "max_backoff", "max_retry_after"):
+            _seconds(name, getattr(self, name))
+        _seconds("jitter", self.jitter, fraction=True)
+        for name in ("sleep", "asleep", "clock"):
+            if not callable(getattr(self, name)):
+                raise TypeError(f"{name} must be callable")
+        engine = _tenacity.Retrying(
+            retry=_tenacity.retry_if_exception(self.should_retry),
+            stop=self._stop,
+            wait=self._wait,
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        object.__setattr__(self, "_engine", engine)
 
     def should_retry(self, exc: BaseException) -> bool:
         """True when `exc` is a transient failure worth another attempt."""
@@ -86,73 +144,38 @@ class RetryPolicy:
         base = min(self.max_backoff, self.initial_backoff * 2.0 ** (retry_number - 1))
         return base * (1.0 - self.jitter * random.random())
 
+    # -- what tenacity asks ---------------------------------------------------------------
+
     def _wait(self, state: _tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, KNAIError) and exc.retry_after is not None:
             return exc.retry_after
         return self.backoff(state.attempt_number)
 
-    def _loop(
-        self, cls: type[_LoopT], sleep: Any, max_retries: int, deadline: float | None
-    ) -> _LoopT:
-        def stop(state: _tenacity.RetryCallState) -> bool:
-            if state.attempt_number > max_retries:
-                return True
-            # Never sleep past a caller's deadline: give up and let it decide.
-            return deadline is not None and time.monotonic() + state.upcoming_sleep >= deadline
+    def _stop(self, state: _tenacity.RetryCallState) -> bool:
+        if state.attempt_number > state.kwargs["max_retries"]:
+            return True
+        # Never sleep past a caller's deadline: give up and let it decide.
+        deadline = state.kwargs["deadline"]
+        return deadline is not None and self.clock() + state.upcoming_sleep >= deadline
 
-        return cls(
-            sleep=sleep,
-            retry=_tenacity.retry_if_exception(self.should_retry),
-            stop=stop,
-            wait=self._wait,
-            before_sleep=_log_retry,
-            reraise=True,
-            enabled=max_retries > 0,
+    # -- what the core asks ---------------------------------------------------------------
+
+    def start(self, max_retries: int, deadline: float | None) -> _tenacity.RetryCallState:
+        """The retry state of one call that has just failed for the first time."""
+        self._engine.begin()
+        return _tenacity.RetryCallState(
+            self._engine, None, (), {"max_retries": max_retries, "deadline": deadline}
         )
 
-    def resume(
-        self,
-        failure: BaseException,
-        attempt: Callable[..., _T],
-        args: tuple[Any, ...],
-        max_retries: int,
-        deadline: float | None = None,
-    ) -> _T:
-        """Go on after `failure` ended the first attempt: retry `attempt(*args)` as policy says.
-
-        The first attempt runs outside tenacity so that a call that succeeds
-        at once pays nothing for the loop; tenacity replays `failure` as its
-        own attempt 1 and takes every decision from there.
-        """
-        first: list[BaseException] = [failure]
-
-        def again() -> _T:
-            if first:
-                raise first.pop()
-            return attempt(*args)
-
-        loop = self._loop(_tenacity.Retrying, self.sleep, max_retries, deadline)
-        return loop(again)
-
-    async def aresume(
-        self,
-        failure: BaseException,
-        attempt: Callable[..., Awaitable[_T]],
-        args: tuple[Any, ...],
-        max_retries: int,
-        deadline: float | None = None,
-    ) -> _T:
-        """The asyncio twin of `resume`."""
-        first: list[BaseException] = [failure]
-
-        async def again() -> _T:
-            if first:
-                raise first.pop()
-            return await attempt(*args)
-
-        loop = self._loop(_tenacity.AsyncRetrying, self.asleep, max_retries, deadline)
-        return await loop(again)
+    def pause_after(self, state: _tenacity.RetryCallState, failure: KNAIError) -> float:
+        """Seconds to pause before retrying after `failure`; raises `failure` when done."""
+        state.set_exception((type(failure), failure, None))
+        action = self._engine.iter(state)  # raises `failure` when it is not to be retried
+        state.prepare_for_next_attempt()
+        if not isinstance(action, _tenacity.DoSleep):  # with an outcome set, it never is
+            raise failure
+        return float(action)
 
 
 def _log_retry(state: _tenacity.RetryCallState) -> None:

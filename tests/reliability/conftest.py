@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import replace
 from typing import Any
 
+import httpx
 import pytest
 
-from knai import AsyncKNAIProvider, KNAIProvider
+from knai import AsyncKNAIProvider, KNAIProvider, RetryPolicy
 from tests._twin import Twin
 from tests.conftest import API_KEY, SLUG
 from tests.reliability._rogue import Action, RogueServer
@@ -26,6 +26,7 @@ class Clients:
         self.flavour = flavour
         self.sleeps: list[float] = []
         self._made: list[Twin] = []
+        self._http: list[httpx.Client | httpx.AsyncClient] = []
 
     @property
     def is_async(self) -> bool:
@@ -44,18 +45,23 @@ class Clients:
         options.setdefault("provider_api_key", API_KEY)
         options.setdefault("provider_slug", SLUG)
         cls = AsyncKNAIProvider if self.is_async else KNAIProvider
-        provider = cls(base_url=base_url, **options)
-        transport = provider._transport
-        transport.policy = replace(
-            transport.policy, **QUICK_BACKOFF, sleep=self._sleep, asleep=self._asleep
+        options.setdefault(
+            "retry", RetryPolicy(**QUICK_BACKOFF, sleep=self._sleep, asleep=self._asleep)
         )
+        provider = cls(base_url=base_url, **options)
         twin = Twin(provider)
         self._made.append(twin)
         return twin
 
+    def closing(self, http: httpx.Client | httpx.AsyncClient) -> None:
+        """Close `http` (a test's own httpx client) with the providers."""
+        self._http.append(http)
+
     async def aclose(self) -> None:
         for twin in self._made:
             await twin.close()
+        for http in self._http:
+            await http.aclose() if isinstance(http, httpx.AsyncClient) else http.close()
 
 
 @pytest.fixture(params=["sync", "async"])

@@ -261,23 +261,26 @@ def sandbox_client(clients: Clients, server: RunningSandbox, **options: Any) -> 
     )
 
 
-def record_keys(twin: Twin) -> list[str | None]:
-    """The Idempotency-Key of every request the provider's httpx client sends."""
+def keyed_client(
+    clients: Clients, server: RunningSandbox, **options: Any
+) -> tuple[Twin, list[str | None]]:
+    """A sandbox client whose httpx client records every request's Idempotency-Key."""
     keys: list[str | None] = []
-    http = twin.http
-    if isinstance(http, httpx.AsyncClient):
 
-        async def async_hook(request: httpx.Request) -> None:
-            keys.append(request.headers.get("Idempotency-Key"))
+    def hook(request: httpx.Request) -> None:
+        keys.append(request.headers.get("Idempotency-Key"))
 
-        http.event_hooks = {"request": [async_hook], "response": []}
-    else:
+    async def async_hook(request: httpx.Request) -> None:
+        hook(request)
 
-        def hook(request: httpx.Request) -> None:
-            keys.append(request.headers.get("Idempotency-Key"))
-
-        http.event_hooks = {"request": [hook], "response": []}
-    return keys
+    hooks: dict[str, Any] = {"request": [async_hook if clients.is_async else hook]}
+    http = (
+        httpx.AsyncClient(event_hooks=hooks)
+        if clients.is_async
+        else httpx.Client(event_hooks=hooks)
+    )
+    clients.closing(http)
+    return sandbox_client(clients, server, http_client=http, **options), keys
 
 
 def ledger(admin: SandboxAdmin) -> list[tuple[str, int, str | None]]:
@@ -295,8 +298,7 @@ async def test_dropped_charge_is_retried_with_its_key_into_exactly_one_debit(
     token: str,
     drop: DropWhen,
 ) -> None:
-    twin = sandbox_client(clients, knai_sandbox_server)
-    keys = record_keys(twin)
+    twin, keys = keyed_client(clients, knai_sandbox_server)
     admin.inject_fault("charge", drop=drop)
     outcome = await run(twin.charge(token, 1500, "gpt-4"))
     result = outcome.result
@@ -317,8 +319,7 @@ async def test_dropped_charge_is_retried_with_its_key_into_exactly_one_debit(
 async def test_charge_answered_too_late_once_is_retried_and_debited_once(
     clients: Clients, knai_sandbox_server: RunningSandbox, admin: SandboxAdmin, token: str
 ) -> None:
-    twin = sandbox_client(clients, knai_sandbox_server, timeout=0.2)
-    keys = record_keys(twin)
+    twin, keys = keyed_client(clients, knai_sandbox_server, timeout=0.2)
     admin.inject_fault("charge", delay=0.5)
     outcome = await run(twin.charge(token, 1500, "gpt-4"))
     result = outcome.result
@@ -334,8 +335,7 @@ async def test_charge_answered_too_late_once_is_retried_and_debited_once(
 async def test_charge_answered_too_late_every_time_times_out_and_its_key_settles_it(
     clients: Clients, knai_sandbox_server: RunningSandbox, admin: SandboxAdmin, token: str
 ) -> None:
-    twin = sandbox_client(clients, knai_sandbox_server, timeout=0.2)
-    keys = record_keys(twin)
+    twin, keys = keyed_client(clients, knai_sandbox_server, timeout=0.2)
     admin.inject_fault("charge", delay=0.5, times=3)
     outcome = await run(twin.charge(token, 1500, "gpt-4"))
     error = outcome.error
@@ -739,10 +739,13 @@ async def test_wait_without_a_timeout_raises_a_persistent_503_once_retries_are_s
 # -- cancelling the async wait --------------------------------------------------------------------
 
 
-def busy_connections(provider: AsyncKNAIProvider) -> list[Any]:
-    """The httpcore connections of the provider's lanes that are not idle."""
-    pools = [lane._transport._pool for lane in provider._transport.lanes.clients]  # type: ignore[attr-defined]
-    return [c for pool in pools for c in pool.connections if not c.is_idle()]
+async def its_one_lane_is_free(provider: AsyncKNAIProvider) -> bool:
+    """With max_connections=1: the next request gets the lane at once, not a pool timeout."""
+    try:
+        await provider.get_session("user123", timeout=httpx.Timeout(2.0, pool=0.2), max_retries=0)
+    except APITimeoutError as exc:
+        return "no free connection" not in str(exc)
+    return True
 
 
 async def cancel(task: asyncio.Task[Any]) -> float:
@@ -766,7 +769,7 @@ async def test_cancelling_the_async_wait_mid_sleep_leaves_no_task_or_connection_
 ) -> None:
     rogue = rogue_factory(Reply(200, PENDING))
     before = asyncio.all_tasks()
-    async with AsyncKNAIProvider(API_KEY, SLUG, rogue.url) as provider:
+    async with AsyncKNAIProvider(API_KEY, SLUG, rogue.url, max_connections=1) as provider:
         task = asyncio.create_task(
             provider.wait_for_session("user123", poll_interval=60, timeout=timeout)
         )
@@ -774,8 +777,10 @@ async def test_cancelling_the_async_wait_mid_sleep_leaves_no_task_or_connection_
         await asyncio.sleep(0.05)  # the poll was answered: the wait is in its 60 s pause
         assert await cancel(task) < 1.0
         await no_new_tasks(before)
-        assert busy_connections(provider) == []
-    assert rogue.count == 1
+        assert rogue.count == 1
+        assert await its_one_lane_is_free(provider)
+    assert rogue.count == 2
+    assert rogue.connections == 1  # the paused wait's connection was kept alive and reused
     assert await asyncio.to_thread(rogue.wait_until, lambda: rogue.open_connections == 0)
 
 
@@ -785,19 +790,18 @@ async def test_cancelling_the_async_wait_mid_request_closes_the_connection(
 ) -> None:
     rogue = rogue_factory(Stall(10), Reply(200, ACTIVE))
     before = asyncio.all_tasks()
-    async with AsyncKNAIProvider(API_KEY, SLUG, rogue.url) as provider:
+    async with AsyncKNAIProvider(API_KEY, SLUG, rogue.url, max_connections=1) as provider:
         task = asyncio.create_task(
             provider.wait_for_session("user123", poll_interval=0.05, timeout=timeout)
         )
         assert await asyncio.to_thread(rogue.wait_until, lambda: rogue.count == 1)
         assert await cancel(task) < 1.0
         await no_new_tasks(before)
-        assert busy_connections(provider) == []
         # The server saw the abandoned request's connection closed, while the client is open.
         assert await asyncio.to_thread(rogue.wait_until, lambda: rogue.hangups == 1)
         assert rogue.open_connections == 0
-        # And the client still works.
-        assert (await provider.get_session("user123")).is_active
+        # And the client still works, on its one lane.
+        assert await its_one_lane_is_free(provider)
     assert rogue.count == 2
 
 
@@ -824,13 +828,13 @@ async def test_calls_stalled_on_one_async_client_cannot_hold_another_past_its_ti
 async def test_cancelling_an_async_charge_mid_request_closes_the_connection(
     rogue_factory: Callable[..., RogueServer],
 ) -> None:
-    rogue = rogue_factory(Stall(10))
+    rogue = rogue_factory(Stall(10), Reply(200, ACTIVE))
     before = asyncio.all_tasks()
-    async with AsyncKNAIProvider(API_KEY, SLUG, rogue.url) as provider:
+    async with AsyncKNAIProvider(API_KEY, SLUG, rogue.url, max_connections=1) as provider:
         task = asyncio.create_task(provider.charge(TOKEN, 1500, "gpt-4"))
         assert await asyncio.to_thread(rogue.wait_until, lambda: rogue.count == 1)
         assert await cancel(task) < 1.0
         await no_new_tasks(before)
-        assert busy_connections(provider) == []
         assert await asyncio.to_thread(rogue.wait_until, lambda: rogue.hangups == 1)
-    assert rogue.count == 1  # cancelled, not retried
+        assert rogue.count == 1  # cancelled, not retried
+        assert await its_one_lane_is_free(provider)

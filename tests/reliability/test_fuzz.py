@@ -49,9 +49,10 @@ from knai import (
     Session,
     SessionExpiredError,
 )
-from knai._models import parse_payload
-from knai._retry import parse_retry_after
-from knai._transport import Call, _Attempts, _Body, error_from_response, interpret
+from knai._core import Plan, call_steps
+from knai._response import Body, error_from_response
+from knai._retry import RetryPolicy, parse_retry_after
+from knai._types import Call
 from tests._twin import ACTIVE, CHARGE, CHARGED, STATUS
 from tests.conftest import API_KEY, SLUG, TOKEN
 from tests.reliability._rogue import Reply, Request, RogueServer
@@ -209,17 +210,20 @@ def test_parsing_any_answer_gives_a_model_or_the_documented_error(
     complete: bool,
     model: type[Session | ChargeResult],
 ) -> None:
-    """interpret + parse_payload, the pure layer under both clients."""
+    """The call core, fed one answer: the pure layer under both clients."""
     call = charge_call()
     request = httpx.Request(call.method, BASE_URL + call.path)
     response = httpx.Response(status, headers=headers, content=body, request=request)
     response.elapsed = datetime.timedelta(0)
-    read = _Body(until=float("inf"))
+    read = Body(until=None)
     read.raw, read.complete = bytearray(body), complete
     result, error = None, None
+    steps = call_steps(call, lambda: model, Plan(RetryPolicy(), httpx.Timeout(5.0), max_retries=0))
+    next(steps)  # the core asks for the request to be sent
     try:
-        payload, meta, raw = interpret(call, _Attempts(), response, read)
-        result = parse_payload(model, payload, meta, raw)
+        steps.send((response, read))
+    except StopIteration as done:
+        result = done.value
     except Exception as exc:
         error = exc
     check_outcome(status, model, result, error)

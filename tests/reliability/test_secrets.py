@@ -40,7 +40,7 @@ from knai import (
 )
 from knai._args import check_base_url
 from knai.testing import RunningSandbox, SandboxAdmin
-from tests._twin import CHARGED, STATUS, Twin
+from tests._twin import CHARGED, STATUS
 from tests.conftest import API_KEY, SLUG
 from tests.reliability._rogue import Reply, Request, Reset, RogueServer, Stall
 from tests.reliability.conftest import Clients
@@ -361,28 +361,6 @@ def test_the_constructor_has_no_way_to_turn_tls_verification_off(cls: type[Any])
         cls(API_KEY, SLUG, verify=False)
 
 
-@pytest.mark.parametrize("cls", [KNAIProvider, AsyncKNAIProvider])
-async def test_the_default_client_verifies_certificates_and_host_names(
-    cls: type[Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Nothing in the environment turns verification off either.
-    for name, value in {
-        "PYTHONHTTPSVERIFY": "0",
-        "CURL_CA_BUNDLE": "",
-        "REQUESTS_CA_BUNDLE": "",
-        "HTTPX_VERIFY": "0",
-    }.items():
-        monkeypatch.setenv(name, value)
-    twin = Twin(cls(API_KEY, SLUG))
-    try:
-        for client in (twin.provider, twin.provider.with_options(timeout=1.0)):
-            context = client._transport.http._transport._pool._ssl_context  # type: ignore[union-attr]
-            assert context.verify_mode == ssl.CERT_REQUIRED
-            assert context.check_hostname is True
-    finally:
-        await twin.close()
-
-
 @pytest.fixture(scope="module")
 def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 that no trust store knows."""
@@ -435,6 +413,37 @@ class _TlsServer:
         self.stop.set()
         self.thread.join(5)
         self.listener.close()
+
+
+async def test_the_default_client_verifies_certificates_and_host_names(
+    clients: Clients, self_signed: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trusted for 127.0.0.1 only, the certificate is refused for "localhost": names are checked.
+
+    Nothing in the environment turns verification off either, nor does with_options.
+    """
+    for name, value in {
+        "PYTHONHTTPSVERIFY": "0",
+        "CURL_CA_BUNDLE": "",
+        "REQUESTS_CA_BUNDLE": "",
+        "HTTPX_VERIFY": "0",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SSL_CERT_FILE", str(self_signed[0]))
+    server = _TlsServer(*self_signed)
+    try:
+        twin = clients.make(f"https://localhost:{server.port}", max_retries=0)
+        for client in (twin, twin.with_options(timeout=1.0)):
+            with pytest.raises(APIConnectionError) as caught:
+                await client.get_session("user123")
+            assert "CERTIFICATE_VERIFY_FAILED" in "".join(traceback.format_exception(caught.value))
+        trusted = clients.make(f"https://127.0.0.1:{server.port}", max_retries=0, timeout=0.5)
+        with pytest.raises(APIConnectionError) as answered:  # the handshake passes; no answer
+            await trusted.get_session("user123")
+    finally:
+        server.close()
+    assert "CERTIFICATE_VERIFY_FAILED" not in "".join(traceback.format_exception(answered.value))
+    assert server.received.startswith(b"GET /providers/session/status")  # only the trusted one
 
 
 async def test_a_server_with_an_untrusted_certificate_never_receives_the_request(

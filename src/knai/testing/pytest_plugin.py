@@ -51,10 +51,10 @@ except ImportError:  # pytest-asyncio is optional: anyio's plugin serves async t
 def quick_retries(provider: KNAIProvider | AsyncKNAIProvider, backoff: float = 0.005) -> None:
     """Shorten a provider's retry backoff to `backoff` seconds, growing to 4x (tests only).
 
-    A `Retry-After` the server sends is still honoured.
+    A `Retry-After` the server sends is still honoured. The same as passing
+    `retry=RetryPolicy(initial_backoff=backoff, max_backoff=4 * backoff)`.
     """
-    transport = provider._transport  # pyright: ignore[reportPrivateUsage]
-    transport.policy = replace(transport.policy, initial_backoff=backoff, max_backoff=4 * backoff)
+    provider.retry = replace(provider.retry, initial_backoff=backoff, max_backoff=4 * backoff)
 
 
 def _sandbox_name(fixture: str, name: str) -> Any:
