@@ -14,7 +14,7 @@ from hypothesis import settings
 from knai import AsyncKNAIProvider, KNAIProvider
 
 if TYPE_CHECKING:
-    from tests._twin import Twin, Twins
+    from tests.support.twin import Twin, Twins
 
 API_KEY = "sk_test_4f9a1c7e2b8d4e6fa0c3"
 SLUG = "acme-ai"
@@ -107,7 +107,7 @@ async def twins(
     request: pytest.FixtureRequest, api: respx.MockRouter, sleeps: list[float]
 ) -> AsyncIterator[Twins]:
     """Makers of sync or async clients behind one awaitable surface (each test runs twice)."""
-    from tests._twin import Twins
+    from tests.support.twin import Twins
 
     makers = Twins(request.param, sleeps)
     yield makers

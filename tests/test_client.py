@@ -19,7 +19,8 @@ from knai import (
     SessionExpiredError,
     SessionWaitTimeoutError,
 )
-from tests._twin import (
+from tests.conftest import API_KEY, SLUG, TOKEN
+from tests.support.twin import (
     ACTIVE,
     CHARGE,
     CHARGED,
@@ -31,7 +32,6 @@ from tests._twin import (
     reply,
     sent_json,
 )
-from tests.conftest import API_KEY, SLUG, TOKEN
 
 pytestmark = pytest.mark.anyio
 

@@ -15,7 +15,8 @@ import respx
 
 import knai._transport
 from knai import KNAIError, ResponseValidationError, ServerError
-from tests._twin import (
+from tests.conftest import API_KEY, SLUG, TOKEN
+from tests.support.twin import (
     ACTIVE,
     CHARGE,
     CHARGED,
@@ -27,7 +28,6 @@ from tests._twin import (
     reply,
     sent_json,
 )
-from tests.conftest import API_KEY, SLUG, TOKEN
 
 pytestmark = pytest.mark.anyio
 

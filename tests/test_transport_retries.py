@@ -25,7 +25,7 @@ from knai import (
     SessionExpiredError,
 )
 from knai._retry import parse_retry_after
-from tests._twin import (
+from tests.support.twin import (
     ACTIVE,
     CHARGE,
     CHARGED,

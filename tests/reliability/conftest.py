@@ -11,25 +11,18 @@ from typing import Any
 import pytest
 
 from knai import AsyncKNAIProvider, KNAIProvider
-from tests._twin import Twin
-from tests.conftest import API_KEY, SLUG
-from tests.reliability._rogue import Action, RogueServer
+from tests.support.rogue import Action, RogueServer
+from tests.support.twin import Twin, Twins
 
 # The policy of knai.testing.pytest_plugin.quick_retries: pauses of milliseconds.
 QUICK_BACKOFF = {"initial_backoff": 0.005, "max_backoff": 0.02}
 
 
-class Clients:
+class Clients(Twins):
     """Makes providers of one flavour with quick retries; every pause is slept and recorded."""
 
     def __init__(self, flavour: str) -> None:
-        self.flavour = flavour
-        self.sleeps: list[float] = []
-        self._made: list[Twin] = []
-
-    @property
-    def is_async(self) -> bool:
-        return self.flavour == "async"
+        super().__init__(flavour, [], retries=self._quick)
 
     def _sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
@@ -39,23 +32,15 @@ class Clients:
         self.sleeps.append(seconds)
         await asyncio.sleep(seconds)
 
-    def make(self, base_url: str, **options: Any) -> Twin:
-        """A provider for `base_url` with the test credentials unless `options` say otherwise."""
-        options.setdefault("provider_api_key", API_KEY)
-        options.setdefault("provider_slug", SLUG)
-        cls = AsyncKNAIProvider if self.is_async else KNAIProvider
-        provider = cls(base_url=base_url, **options)
+    def _quick(self, provider: KNAIProvider | AsyncKNAIProvider) -> None:
         transport = provider._transport
         transport.policy = replace(
             transport.policy, **QUICK_BACKOFF, sleep=self._sleep, asleep=self._asleep
         )
-        twin = Twin(provider)
-        self._made.append(twin)
-        return twin
 
-    async def aclose(self) -> None:
-        for twin in self._made:
-            await twin.close()
+    def make(self, base_url: str, **options: Any) -> Twin:  # type: ignore[override]
+        """A provider for `base_url` with the test credentials unless `options` say otherwise."""
+        return super().make(base_url=base_url, **options)
 
 
 @pytest.fixture(params=["sync", "async"])

@@ -51,9 +51,9 @@ from knai.testing import (
     RunningSandbox,
     SandboxAdmin,
 )
-from tests._twin import ACTIVE, CHARGE, CHARGED, PENDING, STATUS, Twin
 from tests.conftest import API_KEY, SLUG, TOKEN
-from tests.reliability._rogue import (
+from tests.reliability.conftest import Clients
+from tests.support.rogue import (
     Action,
     Close,
     Raw,
@@ -66,7 +66,7 @@ from tests.reliability._rogue import (
     closed_port,
     gzip_bomb,
 )
-from tests.reliability.conftest import Clients
+from tests.support.twin import ACTIVE, CHARGE, CHARGED, PENDING, STATUS, Twin
 
 pytestmark = pytest.mark.anyio
 

@@ -52,9 +52,9 @@ from knai import (
 from knai._models import parse_payload
 from knai._retry import parse_retry_after
 from knai._transport import Call, _Attempts, _Body, error_from_response, interpret
-from tests._twin import ACTIVE, CHARGE, CHARGED, STATUS
 from tests.conftest import API_KEY, SLUG, TOKEN
-from tests.reliability._rogue import Reply, Request, RogueServer
+from tests.support.rogue import Reply, Request, RogueServer
+from tests.support.twin import ACTIVE, CHARGE, CHARGED, STATUS
 
 FUZZ = settings(
     max_examples=120,
