@@ -14,6 +14,7 @@ from hypothesis import settings
 from knai import AsyncKNAIProvider, KNAIProvider
 
 if TYPE_CHECKING:
+    from knai.testing import RunningSandbox
     from tests.support.twin import Twin, Twins
 
 API_KEY = "sk_test_4f9a1c7e2b8d4e6fa0c3"
@@ -118,3 +119,23 @@ async def twins(
 def twin(twins: Twins) -> Twin:
     """A client of the `twins` flavour, bound to `api`."""
     return twins.make()
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[RunningSandbox]:
+    """One served sandbox per test module (starting uvicorn costs ~0.2 s)."""
+    from knai.testing import Sandbox
+
+    with Sandbox() as sb, sb.serve() as running:
+        yield running
+
+
+@pytest.fixture
+def server(shared_server: RunningSandbox) -> RunningSandbox:
+    """The module's served sandbox, reset to the demo seed (no faults, zero counters).
+
+    A request a test left in flight (a delayed fault) cannot touch the next test's
+    wallet: the reset forgets its session, so it lands on an unknown token.
+    """
+    shared_server.ledger.reset()
+    return shared_server
