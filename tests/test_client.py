@@ -30,58 +30,9 @@ from tests.support.twin import (
     Twins,
     charge,
     reply,
-    sent_json,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-# -- the 0.1.0 README --------------------------------------------------------------------------
-
-
-def run_readme_example() -> None:
-    # The published 0.1.0 README example verbatim; it elides the except bodies.
-    from knai import InsufficientBalanceError, KNAIProvider, SessionExpiredError
-
-    provider = KNAIProvider(provider_api_key="...", provider_slug="...")
-    session = provider.wait_for_session(provider_username="user123")
-    session_token = session["session_token"]
-    try:
-        result = provider.charge(session_token=session_token, amount_tokens=1500, model="gpt-4")
-        print(f"Charge successful: {result}")
-    except SessionExpiredError:
-        print("Session expired")
-    except InsufficientBalanceError:
-        print("Insufficient balance")
-
-
-def test_readme_example_charges_and_prints_without_the_token(
-    api: respx.MockRouter, capsys: pytest.CaptureFixture[str]
-) -> None:
-    api.get(STATUS, params={"provider_username": "user123"}).mock(return_value=reply(body=ACTIVE))
-    charged = api.post(CHARGE).mock(return_value=reply(body={**CHARGED, "session_token": TOKEN}))
-    run_readme_example()
-    out, err = capsys.readouterr()
-    assert out.startswith("Charge successful: ")
-    assert "'charge_id': 'ch_1'" in out
-    assert TOKEN not in out + err
-    request = charged.calls.last.request
-    assert sent_json(request) == {"amount_tokens": 1500, "model": "gpt-4"}
-    assert request.headers["X-Session-Token"] == TOKEN
-    assert request.headers["X-Provider-API-Key"] == "..."
-
-
-@pytest.mark.parametrize(
-    ("status", "printed"),
-    [(403, "Session expired"), (410, "Session expired"), (402, "Insufficient balance")],
-)
-def test_readme_example_catches_the_documented_errors(
-    api: respx.MockRouter, capsys: pytest.CaptureFixture[str], status: int, printed: str
-) -> None:
-    api.get(STATUS).mock(return_value=reply(body=ACTIVE))
-    api.post(CHARGE).mock(return_value=reply(status, {"error": "no"}))
-    run_readme_example()
-    assert capsys.readouterr().out == printed + "\n"
 
 
 # -- configuration and lifecycle ----------------------------------------------------------------
