@@ -2,21 +2,46 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import respx
+from hypothesis import settings
 
 from knai import AsyncKNAIProvider, KNAIProvider, RetryPolicy
 
 if TYPE_CHECKING:
-    from tests._twin import Twin, Twins
+    from knai.testing import RunningSandbox
+    from tests.support.twin import Twin, Twins
 
 API_KEY = "sk_test_4f9a1c7e2b8d4e6fa0c3"
 SLUG = "acme-ai"
 BASE_URL = "https://api.conx.ai"
 TOKEN = "sess_tok_9b2e4d6f8a0c1e3f"
+
+# pytest-xdist runs several workers at once: no example database for them to share, and no
+# run that depends on what an earlier one left in .hypothesis/. A failure prints the blob
+# that replays it (@reproduce_failure).
+settings.register_profile("knai", database=None, print_blob=True)
+settings.load_profile("knai")
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (pyproject's addopts): two workers per core, at most 8.
+
+    Most of the suite's wall time is waiting (sockets, timeouts, retry pauses, subprocesses):
+    on 2 cores, 4 workers finish in about half the time 2 take. PYTEST_XDIST_AUTO_NUM_WORKERS
+    still overrides.
+    """
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    if hasattr(os, "sched_getaffinity"):  # the cores this process may use (Linux)
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    return min(8, 2 * cores)
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +108,7 @@ async def twins(
     request: pytest.FixtureRequest, api: respx.MockRouter, sleeps: list[float]
 ) -> AsyncIterator[Twins]:
     """Makers of sync or async clients behind one awaitable surface (each test runs twice)."""
-    from tests._twin import Twins
+    from tests.support.twin import Twins
 
     makers = Twins(request.param, sleeps)
     yield makers
@@ -94,3 +119,23 @@ async def twins(
 def twin(twins: Twins) -> Twin:
     """A client of the `twins` flavour, bound to `api`."""
     return twins.make()
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[RunningSandbox]:
+    """One served sandbox per test module (starting uvicorn costs ~0.2 s)."""
+    from knai.testing import Sandbox
+
+    with Sandbox() as sb, sb.serve() as running:
+        yield running
+
+
+@pytest.fixture
+def server(shared_server: RunningSandbox) -> RunningSandbox:
+    """The module's served sandbox, reset to the demo seed (no faults, zero counters).
+
+    A request a test left in flight (a delayed fault) cannot touch the next test's
+    wallet: the reset forgets its session, so it lands on an unknown token.
+    """
+    shared_server.ledger.reset()
+    return shared_server

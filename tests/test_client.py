@@ -20,7 +20,8 @@ from knai import (
     SessionExpiredError,
     SessionWaitTimeoutError,
 )
-from tests._twin import (
+from tests.conftest import API_KEY, SLUG, TOKEN
+from tests.support.twin import (
     ACTIVE,
     CHARGE,
     CHARGED,
@@ -30,59 +31,9 @@ from tests._twin import (
     Twins,
     charge,
     reply,
-    sent_json,
 )
-from tests.conftest import API_KEY, SLUG, TOKEN
 
 pytestmark = pytest.mark.anyio
-
-
-# -- the 0.1.0 README --------------------------------------------------------------------------
-
-
-def run_readme_example() -> None:
-    # The published 0.1.0 README example verbatim; it elides the except bodies.
-    from knai import InsufficientBalanceError, KNAIProvider, SessionExpiredError
-
-    provider = KNAIProvider(provider_api_key="...", provider_slug="...")
-    session = provider.wait_for_session(provider_username="user123")
-    session_token = session["session_token"]
-    try:
-        result = provider.charge(session_token=session_token, amount_tokens=1500, model="gpt-4")
-        print(f"Charge successful: {result}")
-    except SessionExpiredError:
-        print("Session expired")
-    except InsufficientBalanceError:
-        print("Insufficient balance")
-
-
-def test_readme_example_charges_and_prints_without_the_token(
-    api: respx.MockRouter, capsys: pytest.CaptureFixture[str]
-) -> None:
-    api.get(STATUS, params={"provider_username": "user123"}).mock(return_value=reply(body=ACTIVE))
-    charged = api.post(CHARGE).mock(return_value=reply(body={**CHARGED, "session_token": TOKEN}))
-    run_readme_example()
-    out, err = capsys.readouterr()
-    assert out.startswith("Charge successful: ")
-    assert "'charge_id': 'ch_1'" in out
-    assert TOKEN not in out + err
-    request = charged.calls.last.request
-    assert sent_json(request) == {"amount_tokens": 1500, "model": "gpt-4"}
-    assert request.headers["X-Session-Token"] == TOKEN
-    assert request.headers["X-Provider-API-Key"] == "..."
-
-
-@pytest.mark.parametrize(
-    ("status", "printed"),
-    [(403, "Session expired"), (410, "Session expired"), (402, "Insufficient balance")],
-)
-def test_readme_example_catches_the_documented_errors(
-    api: respx.MockRouter, capsys: pytest.CaptureFixture[str], status: int, printed: str
-) -> None:
-    api.get(STATUS).mock(return_value=reply(body=ACTIVE))
-    api.post(CHARGE).mock(return_value=reply(status, {"error": "no"}))
-    run_readme_example()
-    assert capsys.readouterr().out == printed + "\n"
 
 
 # -- configuration and lifecycle ----------------------------------------------------------------
@@ -440,7 +391,7 @@ def test_the_010_readme_example_never_closing_its_provider_runs_warning_free() -
     import subprocess
     import sys
 
-    from tests.reliability._rogue import Reply, RogueServer
+    from tests.support.rogue import Reply, RogueServer
 
     body = {"status": "active", "session_token": "tok_1", "charge_id": "ch_1"}
     with RogueServer(Reply(200, body)) as server:
@@ -459,7 +410,7 @@ def test_the_010_readme_example_never_closing_its_provider_runs_warning_free() -
 def test_a_collected_sync_client_closes_its_connections() -> None:
     import gc
 
-    from tests.reliability._rogue import Reply, RogueServer
+    from tests.support.rogue import Reply, RogueServer
 
     with RogueServer(Reply(200, ACTIVE)) as server:
         provider = KNAIProvider(API_KEY, SLUG, server.url)

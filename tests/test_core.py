@@ -24,9 +24,9 @@ from knai._core import Plan, Send, call_steps
 from knai._models import ChargeResult
 from knai._response import DeepJSONError, load_json
 from knai._types import Call
-from tests._twin import CHARGE, CHARGED, STATUS, Twin, Twins, charge, reply
 from tests.conftest import API_KEY, SLUG
-from tests.reliability._rogue import Action, Reply, RogueServer
+from tests.support.rogue import Action, Reply, RogueServer
+from tests.support.twin import CHARGE, CHARGED, STATUS, Twin, Twins, charge, reply
 
 pytestmark = pytest.mark.anyio
 

@@ -1,5 +1,7 @@
 """End to end: both clients against the sandbox wallet served by uvicorn on a loopback socket.
 
+One server per module (tests/conftest.py's `server`), its ledger reset before each test.
+
 Every scenario runs through `KNAIProvider` and `AsyncKNAIProvider` alike and checks
 what a user observes: the result or the exception, and the wallet's balance and
 charges as the sandbox admin reports them. The last section drives the same
@@ -12,7 +14,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, NoReturn, cast
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -26,7 +28,6 @@ from knai import (
     KNAIError,
     KNAIProvider,
     ServerError,
-    Session,
     SessionExpiredError,
     SessionWaitTimeoutError,
 )
@@ -40,71 +41,40 @@ from knai.testing import (
     SandboxAdmin,
 )
 from knai.testing.pytest_plugin import quick_retries
+from tests.support.twin import Twin, Twins
 
 pytestmark = pytest.mark.anyio
 
 SLUG, USER = DEMO_PROVIDER_SLUG, DEMO_USERNAME
 
 
-class Client:
-    """A KNAIProvider or an AsyncKNAIProvider, every call awaited the same way."""
-
-    def __init__(self, provider: KNAIProvider | AsyncKNAIProvider) -> None:
-        self.provider = provider
-
-    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        result = getattr(self.provider, name)(*args, **kwargs)
-        return await result if isinstance(self.provider, AsyncKNAIProvider) else result
-
-    async def get_session(self, *args: Any, **kwargs: Any) -> Session:
-        return cast("Session", await self._call("get_session", *args, **kwargs))
-
-    async def wait_for_session(self, *args: Any, **kwargs: Any) -> Session:
-        return cast("Session", await self._call("wait_for_session", *args, **kwargs))
-
-    async def charge(self, *args: Any, **kwargs: Any) -> ChargeResult:
-        return cast("ChargeResult", await self._call("charge", *args, **kwargs))
-
-    async def close(self) -> None:
-        await self._call("aclose" if isinstance(self.provider, AsyncKNAIProvider) else "close")
-
-
-Make = Callable[..., Client]
+Make = Callable[..., Twin]
 
 
 @pytest.fixture(params=["sync", "async"])
-async def make(
-    request: pytest.FixtureRequest, knai_sandbox_server: RunningSandbox
-) -> AsyncIterator[Make]:
+async def make(request: pytest.FixtureRequest, server: RunningSandbox) -> AsyncIterator[Make]:
     """Makes providers of one flavour for the served sandbox (quick retries); closes them all."""
-    made: list[Client] = []
-
-    def make(**options: Any) -> Client:
-        options = {
-            "provider_api_key": DEMO_API_KEY,
-            "provider_slug": SLUG,
-            "base_url": knai_sandbox_server.url,
-            **options,
-        }
-        cls = AsyncKNAIProvider if request.param == "async" else KNAIProvider
-        provider = cls(**options)
-        quick_retries(provider)
-        made.append(Client(provider))
-        return made[-1]
-
-    yield make
-    for client in made:
-        await client.close()
+    twins = Twins(
+        request.param,
+        [],
+        retries=quick_retries,
+        provider_api_key=DEMO_API_KEY,
+        provider_slug=SLUG,
+        base_url=server.url,
+    )
+    yield twins.make
+    await twins.aclose()
 
 
 @pytest.fixture
-def client(make: Make) -> Client:
+def client(make: Make) -> Twin:
     return make()
 
 
 @pytest.fixture
-def admin(knai_sandbox_server: RunningSandbox) -> SandboxAdmin:
-    return knai_sandbox_server.admin
+def admin(server: RunningSandbox) -> SandboxAdmin:
+    """The admin of the module's served sandbox, reset for this test."""
+    return server.admin
 
 
 @pytest.fixture
@@ -122,7 +92,7 @@ def balance(admin: SandboxAdmin) -> int:
     return admin.balance(SLUG, USER)
 
 
-async def readme_flow(client: Client, admin: SandboxAdmin) -> None:
+async def readme_flow(client: Twin, admin: SandboxAdmin) -> None:
     """The published README flow against a session that turns active 0.3 s later."""
     info = admin.open_session(SLUG, USER, activate_after=0.3)
 
@@ -147,7 +117,7 @@ async def readme_flow(client: Client, admin: SandboxAdmin) -> None:
 
 
 async def test_readme_flow_waits_for_the_session_then_charges_it_once(
-    client: Client, admin: SandboxAdmin
+    client: Twin, admin: SandboxAdmin
 ) -> None:
     await readme_flow(client, admin)
 
@@ -172,7 +142,7 @@ async def test_wrong_api_key_or_slug_raises_401_from_charge_and_from_session_pol
 
 
 async def test_charge_over_the_balance_raises_402_and_changes_nothing(
-    client: Client, admin: SandboxAdmin, token: str
+    client: Twin, admin: SandboxAdmin, token: str
 ) -> None:
     with pytest.raises(InsufficientBalanceError) as caught:
         await client.charge(token, DEMO_BALANCE + 1, "gpt-4")
@@ -188,7 +158,7 @@ async def test_charge_over_the_balance_raises_402_and_changes_nothing(
     [("unknown", 403), ("pending", 403), ("revoked", 403), ("expired", 410)],
 )
 async def test_unusable_session_raises_session_expired_with_its_status(
-    client: Client, admin: SandboxAdmin, session: str, status: int
+    client: Twin, admin: SandboxAdmin, session: str, status: int
 ) -> None:
     info = admin.open_session(SLUG, USER, activate_after=60 if session == "pending" else 0)
     token = "sess_never_issued" if session == "unknown" else info.session_token
@@ -206,7 +176,7 @@ async def test_unusable_session_raises_session_expired_with_its_status(
 
 @pytest.mark.parametrize("state", ["pending", "no session"])
 async def test_waiting_for_a_session_that_never_activates_times_out(
-    client: Client, admin: SandboxAdmin, state: str
+    client: Twin, admin: SandboxAdmin, state: str
 ) -> None:
     admin.create_user(SLUG, "late-user", balance=10)
     if state == "pending":
@@ -222,7 +192,7 @@ async def test_waiting_for_a_session_that_never_activates_times_out(
 
 
 async def test_idempotency_key_reused_with_another_body_raises_409_without_retrying(
-    client: Client, admin: SandboxAdmin, token: str
+    client: Twin, admin: SandboxAdmin, token: str
 ) -> None:
     first = await client.charge(token, 100, "gpt-4", idempotency_key="order-42")
     before = admin.stats().requests["charge"]
@@ -238,7 +208,7 @@ async def test_idempotency_key_reused_with_another_body_raises_409_without_retry
 
 
 async def test_rate_limited_charge_is_retried_after_retry_after_and_succeeds(
-    client: Client, admin: SandboxAdmin, token: str
+    client: Twin, admin: SandboxAdmin, token: str
 ) -> None:
     admin.inject_fault("charge", status=429, retry_after=0)
     result = await client.charge(token, 100, "gpt-4")
@@ -249,7 +219,7 @@ async def test_rate_limited_charge_is_retried_after_retry_after_and_succeeds(
 
 
 async def test_server_errors_past_max_retries_raise_server_error_after_three_attempts(
-    client: Client, admin: SandboxAdmin, token: str
+    client: Twin, admin: SandboxAdmin, token: str
 ) -> None:
     admin.inject_fault("charge", status=503, times=3)
     with pytest.raises(ServerError) as caught:
@@ -268,7 +238,7 @@ async def test_server_errors_past_max_retries_raise_server_error_after_three_att
 
 
 async def test_connection_dropped_after_the_debit_is_retried_into_the_same_charge(
-    client: Client, admin: SandboxAdmin, token: str
+    client: Twin, admin: SandboxAdmin, token: str
 ) -> None:
     admin.inject_fault("charge", drop="after")
     result = await client.charge(token, 1500, "gpt-4")
@@ -281,7 +251,7 @@ async def test_connection_dropped_after_the_debit_is_retried_into_the_same_charg
 
 
 async def test_connection_dropped_before_the_debit_is_retried_and_debits_once(
-    client: Client, admin: SandboxAdmin, token: str
+    client: Twin, admin: SandboxAdmin, token: str
 ) -> None:
     admin.inject_fault("charge", drop="before")
     result = await client.charge(token, 1500, "gpt-4")
@@ -292,7 +262,7 @@ async def test_connection_dropped_before_the_debit_is_retried_and_debits_once(
 
 
 async def test_two_bad_gateways_then_success_debit_once_with_one_key(
-    client: Client, admin: SandboxAdmin, token: str
+    client: Twin, admin: SandboxAdmin, token: str
 ) -> None:
     admin.inject_fault("charge", status=502, times=2)
     result = await client.charge(token, 1500, "gpt-4")
@@ -320,7 +290,7 @@ async def test_replaying_a_callers_key_after_a_crash_returns_the_same_charge(
 
 
 async def test_retries_exhausted_after_a_debit_say_so_and_the_key_settles_the_charge(
-    client: Client, admin: SandboxAdmin, token: str
+    client: Twin, admin: SandboxAdmin, token: str
 ) -> None:
     admin.inject_fault("charge", drop="after")
     with pytest.raises(APIConnectionError) as caught:
@@ -340,7 +310,7 @@ async def test_retries_exhausted_after_a_debit_say_so_and_the_key_settles_the_ch
 
 
 async def test_charge_timing_out_while_the_wallet_works_is_retried_and_debited_once(
-    client: Client, admin: SandboxAdmin, token: str
+    client: Twin, admin: SandboxAdmin, token: str
 ) -> None:
     admin.inject_fault("charge", delay=0.3)  # attempt 1 lands after the client gave up on it
     result = await client.charge(token, 1500, "gpt-4", timeout=0.1)
@@ -351,7 +321,7 @@ async def test_charge_timing_out_while_the_wallet_works_is_retried_and_debited_o
 
 
 async def test_refusal_after_a_dropped_attempt_stays_unsettled_until_the_key_is_replayed(
-    client: Client, admin: SandboxAdmin, token: str
+    client: Twin, admin: SandboxAdmin, token: str
 ) -> None:
     """A 402 after a lost answer may hide an applied first attempt (keys are undocumented)."""
     admin.inject_fault("charge", drop="after")  # the wallet refuses; that answer is lost
@@ -379,7 +349,7 @@ def _no_sockets(*args: object) -> NoReturn:
 @pytest.fixture(params=["sync", "async"])
 async def in_process(
     request: pytest.FixtureRequest, knai_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Client]:
+) -> AsyncIterator[Twin]:
     """A provider wired to `knai_sandbox` by an httpx transport, with connect() forbidden."""
     monkeypatch.setattr(socket.socket, "connect", _no_sockets)
     monkeypatch.setattr(socket.socket, "connect_ex", _no_sockets)
@@ -394,7 +364,7 @@ async def in_process(
         http = httpx.Client(transport=knai_sandbox.transport())
         provider = KNAIProvider(DEMO_API_KEY, SLUG, base_url=knai_sandbox.url, http_client=http)
     quick_retries(provider)
-    client = Client(provider)
+    client = Twin(provider)
     yield client
     await client.close()
     assert not http.is_closed  # the SDK leaves a client it was given to its owner
@@ -405,13 +375,13 @@ async def in_process(
 
 
 async def test_readme_flow_in_process_without_a_socket(
-    in_process: Client, knai_sandbox: Sandbox
+    in_process: Twin, knai_sandbox: Sandbox
 ) -> None:
     await readme_flow(in_process, knai_sandbox.admin)
 
 
 async def test_dropped_charge_in_process_is_retried_into_the_same_charge(
-    in_process: Client, knai_sandbox: Sandbox
+    in_process: Twin, knai_sandbox: Sandbox
 ) -> None:
     admin = knai_sandbox.admin
     token = admin.open_session(SLUG, USER).session_token

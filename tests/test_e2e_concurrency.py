@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +27,8 @@ from knai import (
     KNAIError,
     KNAIProvider,
 )
-from knai.testing import DEMO_PROVIDER_SLUG, RunningSandbox, SandboxAdmin
+from knai.testing import DEMO_API_KEY, DEMO_PROVIDER_SLUG, RunningSandbox, SandboxAdmin
+from knai.testing.pytest_plugin import quick_retries
 
 SLUG, USER, MODEL = DEMO_PROVIDER_SLUG, "crowd", "gpt-4"
 START = 20_000
@@ -147,8 +148,25 @@ def queue_outage(admin: SandboxAdmin) -> None:
 
 
 @pytest.fixture
-def admin(knai_sandbox_server: RunningSandbox) -> SandboxAdmin:
-    return knai_sandbox_server.admin
+def admin(server: RunningSandbox) -> SandboxAdmin:
+    """The admin of the module's served sandbox (tests/conftest.py), reset for this test."""
+    return server.admin
+
+
+@pytest.fixture
+def provider(server: RunningSandbox) -> Iterator[KNAIProvider]:
+    """The one KNAIProvider the threads share, with quick retries."""
+    with KNAIProvider(DEMO_API_KEY, SLUG, server.url) as shared:
+        quick_retries(shared)
+        yield shared
+
+
+@pytest.fixture
+async def aprovider(server: RunningSandbox) -> AsyncIterator[AsyncKNAIProvider]:
+    """The one AsyncKNAIProvider the tasks share, with quick retries."""
+    async with AsyncKNAIProvider(DEMO_API_KEY, SLUG, server.url) as shared:
+        quick_retries(shared)
+        yield shared
 
 
 @pytest.fixture
@@ -193,10 +211,10 @@ async def run_tasks(
 
 
 def test_threads_sharing_one_provider_leave_an_exact_ledger(
-    knai_provider: KNAIProvider, admin: SandboxAdmin, token: str
+    provider: KNAIProvider, admin: SandboxAdmin, token: str
 ) -> None:
     tally = Tally()
-    run_threads(knai_provider, token, tally)
+    run_threads(provider, token, tally)
     check_wallet(admin, tally)
     assert len(tally.charged) + len(tally.refused) == THREADS * PER_THREAD
     assert tally.settled == []
@@ -204,22 +222,22 @@ def test_threads_sharing_one_provider_leave_an_exact_ledger(
 
 @pytest.mark.anyio
 async def test_tasks_sharing_one_async_provider_leave_an_exact_ledger(
-    knai_async_provider: AsyncKNAIProvider, admin: SandboxAdmin, token: str
+    aprovider: AsyncKNAIProvider, admin: SandboxAdmin, token: str
 ) -> None:
     tally = Tally()
-    await run_tasks(knai_async_provider, token, tally)
+    await run_tasks(aprovider, token, tally)
     check_wallet(admin, tally)
     assert len(tally.charged) + len(tally.refused) == TASKS * PER_TASK
     assert tally.settled == []
 
 
 def test_threads_through_an_outage_debit_each_key_at_most_once(
-    knai_provider: KNAIProvider, admin: SandboxAdmin, token: str
+    provider: KNAIProvider, admin: SandboxAdmin, token: str
 ) -> None:
     queue_outage(admin)
     tally = Tally()
     run_threads(
-        knai_provider,
+        provider,
         token,
         tally,
         mid_run=lambda n: admin.inject_fault("charge", **MID_RUN[n % len(MID_RUN)]),
@@ -231,12 +249,12 @@ def test_threads_through_an_outage_debit_each_key_at_most_once(
 
 @pytest.mark.anyio
 async def test_tasks_through_an_outage_debit_each_key_at_most_once(
-    knai_async_provider: AsyncKNAIProvider, admin: SandboxAdmin, token: str
+    aprovider: AsyncKNAIProvider, admin: SandboxAdmin, token: str
 ) -> None:
     queue_outage(admin)
     tally = Tally()
     await run_tasks(
-        knai_async_provider,
+        aprovider,
         token,
         tally,
         mid_run=lambda n: admin.inject_fault("charge", **MID_RUN[n % len(MID_RUN)]),

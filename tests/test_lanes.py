@@ -23,9 +23,9 @@ from knai import APITimeoutError, AsyncKNAIProvider, KNAIProvider
 from knai._constants import DEFAULT_MAX_CONNECTIONS
 from knai._lanes import Lanes
 from knai.testing.pytest_plugin import quick_retries
-from tests._twin import CHARGED, Twin
 from tests.conftest import API_KEY, SLUG, TOKEN
-from tests.reliability._rogue import Action, Reply, RogueServer
+from tests.support.rogue import Action, Reply, RogueServer
+from tests.support.twin import CHARGED, Twin
 
 pytestmark = pytest.mark.anyio
 

@@ -25,8 +25,8 @@ from knai import (
     SessionWaitTimeoutError,
 )
 from knai._models import parse_payload
-from tests._twin import Twin
 from tests.conftest import TOKEN
+from tests.support.twin import Twin
 
 STATUS_PATH = "/providers/session/status"
 WHEN = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)

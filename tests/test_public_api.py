@@ -13,10 +13,8 @@ import sys
 import types
 
 import pytest
-import respx
 
 import knai
-from tests.conftest import API_KEY, SLUG, TOKEN
 
 EXPECTED = {
     "APIConnectionError",
@@ -130,36 +128,6 @@ def test_010_import_paths_still_work() -> None:
     assert SessionExpiredError is knai.SessionExpiredError
     assert InsufficientBalanceError is knai.InsufficientBalanceError
     assert InvalidAPIKeyError is knai.InvalidAPIKeyError
-
-
-def test_010_readme_example_runs_unchanged(
-    api: respx.MockRouter, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The published 0.1.0 README example, verbatim but for the key values."""
-    api.get("/providers/session/status").respond(
-        200, json={"status": "active", "session_token": TOKEN}
-    )
-    charge = api.post("/charge/authorize").respond(200, json={"charge_id": "ch_1"})
-
-    from knai import InsufficientBalanceError, KNAIProvider, SessionExpiredError
-
-    provider = KNAIProvider(provider_api_key=API_KEY, provider_slug=SLUG)
-    session = provider.wait_for_session(provider_username="user123")
-    session_token = session["session_token"]
-    try:
-        result = provider.charge(session_token=session_token, amount_tokens=1500, model="gpt-4")
-        print(f"Charge successful: {result}")
-    except SessionExpiredError:
-        pytest.fail("no error expected")
-    except InsufficientBalanceError:
-        pytest.fail("no error expected")
-
-    assert capsys.readouterr().out == "Charge successful: {'charge_id': 'ch_1'}\n"
-    assert charge.calls.last.request.headers["X-Session-Token"] == TOKEN
-    assert json.loads(charge.calls.last.request.content) == {
-        "amount_tokens": 1500,
-        "model": "gpt-4",
-    }
 
 
 def test_version_is_the_installed_distributions() -> None:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
+import respx
+
+from tests.conftest import TOKEN
+from tests.support.twin import ACTIVE, CHARGE, CHARGED, STATUS, reply, sent_json
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -61,3 +67,73 @@ def test_sdk_examples_compile(name: str) -> None:
     section = README.read_text().split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
     for block in re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL):
         compile(block, f"README.md ({name})", "exec")
+
+
+# -- the published 0.1.0 README example: kept here once ------------------------------------------
+
+
+def run_010_example() -> None:
+    # The published 0.1.0 README example verbatim, except bodies included.
+    from knai import InsufficientBalanceError, KNAIProvider, SessionExpiredError
+
+    provider = KNAIProvider(provider_api_key="...", provider_slug="...")
+    session = provider.wait_for_session(provider_username="user123")
+    session_token = session["session_token"]
+    try:
+        result = provider.charge(session_token=session_token, amount_tokens=1500, model="gpt-4")
+        print(f"Charge successful: {result}")
+    except SessionExpiredError:
+        print("Session expired")
+    except InsufficientBalanceError:
+        print("Insufficient balance")
+
+
+def test_the_readme_shows_the_010_example_verbatim() -> None:
+    """The README's "0.1.0 example" block is the published one, its except bodies elided."""
+    body = textwrap.dedent(inspect.getsource(run_010_example).split("\n", 3)[3])  # past import
+    body = body.replace('print("Session expired")', "...")
+    body = body.replace('print("Insufficient balance")', "...")
+    imports, rest = block_containing('provider_slug="..."').split("\n", 1)
+    # ruff sorts the names imported in this file; the README keeps 0.1.0's order.
+    assert imports == "from knai import KNAIProvider, SessionExpiredError, InsufficientBalanceError"
+    assert rest == body
+
+
+def test_010_example_prints_exactly_the_charge_the_wallet_answered(
+    api: respx.MockRouter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.get(STATUS).respond(200, json={"status": "active", "session_token": TOKEN})
+    charged = api.post(CHARGE).respond(200, json={"charge_id": "ch_1"})
+    run_010_example()
+    assert capsys.readouterr().out == "Charge successful: {'charge_id': 'ch_1'}\n"
+    assert charged.calls.last.request.headers["X-Session-Token"] == TOKEN
+    assert sent_json(charged.calls.last.request) == {"amount_tokens": 1500, "model": "gpt-4"}
+
+
+def test_010_example_charges_and_prints_without_the_token(
+    api: respx.MockRouter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.get(STATUS, params={"provider_username": "user123"}).mock(return_value=reply(body=ACTIVE))
+    charged = api.post(CHARGE).mock(return_value=reply(body={**CHARGED, "session_token": TOKEN}))
+    run_010_example()
+    out, err = capsys.readouterr()
+    assert out.startswith("Charge successful: ")
+    assert "'charge_id': 'ch_1'" in out
+    assert TOKEN not in out + err
+    request = charged.calls.last.request
+    assert sent_json(request) == {"amount_tokens": 1500, "model": "gpt-4"}
+    assert request.headers["X-Session-Token"] == TOKEN
+    assert request.headers["X-Provider-API-Key"] == "..."
+
+
+@pytest.mark.parametrize(
+    ("status", "printed"),
+    [(403, "Session expired"), (410, "Session expired"), (402, "Insufficient balance")],
+)
+def test_010_example_catches_the_documented_errors(
+    api: respx.MockRouter, capsys: pytest.CaptureFixture[str], status: int, printed: str
+) -> None:
+    api.get(STATUS).mock(return_value=reply(body=ACTIVE))
+    api.post(CHARGE).mock(return_value=reply(status, {"error": "no"}))
+    run_010_example()
+    assert capsys.readouterr().out == printed + "\n"

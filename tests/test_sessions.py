@@ -36,8 +36,8 @@ from knai import (
 )
 from knai.sessions import AsyncSessionCache, CacheStats, NoActiveSessionError, SessionCache
 from knai.testing import DEMO_API_KEY, DEMO_PROVIDER_SLUG, RunningSandbox
-from tests._twin import ACTIVE, CHARGE, CHARGED, PENDING, STATUS, Twins, reply
 from tests.conftest import TOKEN
+from tests.support.twin import ACTIVE, CHARGE, CHARGED, PENDING, STATUS, Twins, reply
 
 pytestmark = pytest.mark.anyio
 

@@ -15,7 +15,9 @@ import respx
 
 import knai._constants
 from knai import AsyncKNAIProvider, KNAIError, KNAIProvider, ResponseValidationError, ServerError
-from tests._twin import (
+from tests.conftest import API_KEY, SLUG, TOKEN
+from tests.support.rogue import Reply, RogueServer
+from tests.support.twin import (
     ACTIVE,
     CHARGE,
     CHARGED,
@@ -27,8 +29,6 @@ from tests._twin import (
     reply,
     sent_json,
 )
-from tests.conftest import API_KEY, SLUG, TOKEN
-from tests.reliability._rogue import Reply, RogueServer
 
 pytestmark = pytest.mark.anyio
 

@@ -22,10 +22,11 @@ from knai import (
     RateLimitError,
     ResponseValidationError,
     ServerError,
-    SessionExpiredError,
 )
 from knai._retry import parse_retry_after
-from tests._twin import (
+from tests.support.statuses import PERMANENT
+from tests.support.statuses import RETRIED as RETRIED_STATUSES
+from tests.support.twin import (
     ACTIVE,
     CHARGE,
     CHARGED,
@@ -40,14 +41,12 @@ from tests._twin import (
 
 pytestmark = pytest.mark.anyio
 
-RETRIED = ["ConnectError", "ReadTimeout", "408", "429", "500", "502", "503", "504"]
 FINAL_ERROR = {
     "ConnectError": APIConnectionError,
     "ReadTimeout": APITimeoutError,
-    "408": KNAIError,
-    "429": RateLimitError,
-    **{str(s): ServerError for s in (500, 502, 503, 504)},
+    **{str(status): error for status, error in RETRIED_STATUSES.items()},
 }
+RETRIED = list(FINAL_ERROR)
 
 
 def backoff_bounds(sleeps: list[float]) -> bool:
@@ -130,19 +129,7 @@ async def test_max_retries_sets_the_number_of_attempts(
     )
 
 
-@pytest.mark.parametrize(
-    ("status", "error"),
-    [
-        (400, KNAIError),
-        (401, InvalidAPIKeyError),
-        (402, InsufficientBalanceError),
-        (403, SessionExpiredError),
-        (404, KNAIError),
-        (409, KNAIError),
-        (410, SessionExpiredError),
-        (422, KNAIError),
-    ],
-)
+@pytest.mark.parametrize(("status", "error"), PERMANENT.items())
 async def test_permanent_status_is_raised_after_one_request(
     twin: Twin, api: respx.MockRouter, sleeps: list[float], status: int, error: type[KNAIError]
 ) -> None:

@@ -10,27 +10,23 @@ from typing import Any
 import httpx
 import pytest
 
-from knai import AsyncKNAIProvider, KNAIProvider, RetryPolicy
-from tests._twin import Twin
-from tests.conftest import API_KEY, SLUG
-from tests.reliability._rogue import Action, RogueServer
+from knai import RetryPolicy
+from tests.support.rogue import Action, RogueServer
+from tests.support.twin import Twin, Twins
 
 # The policy of knai.testing.pytest_plugin.quick_retries: pauses of milliseconds.
 QUICK_BACKOFF = {"initial_backoff": 0.005, "max_backoff": 0.02}
 
 
-class Clients:
+class Clients(Twins):
     """Makes providers of one flavour with quick retries; every pause is slept and recorded."""
 
     def __init__(self, flavour: str) -> None:
-        self.flavour = flavour
-        self.sleeps: list[float] = []
-        self._made: list[Twin] = []
+        super().__init__(flavour, [])
+        self.defaults["retry"] = RetryPolicy(
+            **QUICK_BACKOFF, sleep=self._sleep, asleep=self._asleep
+        )
         self._http: list[httpx.Client | httpx.AsyncClient] = []
-
-    @property
-    def is_async(self) -> bool:
-        return self.flavour == "async"
 
     def _sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
@@ -40,26 +36,16 @@ class Clients:
         self.sleeps.append(seconds)
         await asyncio.sleep(seconds)
 
-    def make(self, base_url: str, **options: Any) -> Twin:
+    def make(self, base_url: str, **options: Any) -> Twin:  # type: ignore[override]
         """A provider for `base_url` with the test credentials unless `options` say otherwise."""
-        options.setdefault("provider_api_key", API_KEY)
-        options.setdefault("provider_slug", SLUG)
-        cls = AsyncKNAIProvider if self.is_async else KNAIProvider
-        options.setdefault(
-            "retry", RetryPolicy(**QUICK_BACKOFF, sleep=self._sleep, asleep=self._asleep)
-        )
-        provider = cls(base_url=base_url, **options)
-        twin = Twin(provider)
-        self._made.append(twin)
-        return twin
+        return super().make(base_url=base_url, **options)
 
     def closing(self, http: httpx.Client | httpx.AsyncClient) -> None:
         """Close `http` (a test's own httpx client) with the providers."""
         self._http.append(http)
 
     async def aclose(self) -> None:
-        for twin in self._made:
-            await twin.close()
+        await super().aclose()
         for http in self._http:
             await http.aclose() if isinstance(http, httpx.AsyncClient) else http.close()
 

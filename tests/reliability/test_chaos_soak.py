@@ -1,4 +1,4 @@
-"""The chaos soak of scripts/chaos_soak.py, test-sized: a few hundred charges in a few seconds.
+"""The chaos soak (tests/support/soak.py), test-sized: a few hundred charges in a few seconds.
 
 The script's own checker is tested too: a soak that cannot report a
 discrepancy would prove nothing.
@@ -6,10 +6,16 @@ discrepancy would prove nothing.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from scripts.chaos_soak import (
+
+from knai import APIConnectionError, KNAIProvider
+from knai.testing import Ledger, RunningSandbox, serve
+from tests.support.soak import (
     API_KEY,
     MODEL,
     SLUG,
@@ -23,9 +29,6 @@ from scripts.chaos_soak import (
     plan,
     run_soak,
 )
-
-from knai import APIConnectionError, KNAIProvider
-from knai.testing import Ledger, RunningSandbox, serve
 
 
 def test_a_soak_of_400_charges_through_a_fifth_of_faulty_requests_leaves_no_discrepancy() -> None:
@@ -43,6 +46,39 @@ def test_a_soak_of_400_charges_through_a_fifth_of_faulty_requests_leaves_no_disc
     assert sum(report.settled.values()) == report.count("unknown")
     assert report.final_balance == START_BALANCE - report.ledger_sum
     assert {o.by for o in report.outcomes} == {"thread", "task"}
+
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "chaos_soak.py"
+
+
+def test_the_command_runs_a_soak_from_any_directory_and_exits_zero_without_discrepancy(
+    tmp_path: Path,
+) -> None:
+    """`python scripts/chaos_soak.py` is a thin command over tests/support/soak.py."""
+    args = ["--charges", "30", "--threads", "2", "--tasks", "4", "--timeout", "0.3"]
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("chaos soak: 30 charges, 2 threads + 4 tasks")
+    assert "  discrepancies        0\n" in done.stdout
+
+
+def test_the_command_refuses_a_fault_rate_of_one() -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--fault-rate", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "0 <= fault-rate < 1" in done.stderr
 
 
 @pytest.fixture

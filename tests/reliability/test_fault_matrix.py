@@ -32,14 +32,11 @@ from knai import (
     APITimeoutError,
     AsyncKNAIProvider,
     ChargeResult,
-    InsufficientBalanceError,
-    InvalidAPIKeyError,
     KNAIError,
     RateLimitError,
     ResponseValidationError,
     ServerError,
     Session,
-    SessionExpiredError,
     SessionWaitTimeoutError,
 )
 from knai.testing import (
@@ -51,9 +48,9 @@ from knai.testing import (
     RunningSandbox,
     SandboxAdmin,
 )
-from tests._twin import ACTIVE, CHARGE, CHARGED, PENDING, STATUS, Twin
 from tests.conftest import API_KEY, SLUG, TOKEN
-from tests.reliability._rogue import (
+from tests.reliability.conftest import Clients
+from tests.support.rogue import (
     Action,
     Close,
     Raw,
@@ -66,7 +63,8 @@ from tests.reliability._rogue import (
     closed_port,
     gzip_bomb,
 )
-from tests.reliability.conftest import Clients
+from tests.support.statuses import PERMANENT, RETRIED
+from tests.support.twin import ACTIVE, CHARGE, CHARGED, PENDING, STATUS, Twin
 
 pytestmark = pytest.mark.anyio
 
@@ -358,12 +356,8 @@ async def test_charge_answered_too_late_every_time_times_out_and_its_key_settles
 
 # -- error statuses -----------------------------------------------------------------------------
 
-RETRIED_STATUSES = [408, 429, 500, 502, 503, 504]
-FINAL: dict[int, type[KNAIError]] = {
-    408: KNAIError,
-    429: RateLimitError,
-    **dict.fromkeys([500, 502, 503, 504], ServerError),
-}
+FINAL = RETRIED  # the error a retried status ends in once retries run out
+RETRIED_STATUSES = list(FINAL)
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
@@ -456,16 +450,7 @@ async def test_retry_after_beyond_the_cap_is_raised_at_once(
     assert outcome.elapsed < SLACK
 
 
-NEVER_RETRIED: dict[int, type[KNAIError]] = {
-    400: KNAIError,
-    401: InvalidAPIKeyError,
-    402: InsufficientBalanceError,
-    403: SessionExpiredError,
-    404: KNAIError,
-    409: KNAIError,
-    410: SessionExpiredError,
-    422: KNAIError,
-}
+NEVER_RETRIED = PERMANENT
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)

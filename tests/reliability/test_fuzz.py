@@ -39,23 +39,19 @@ from hypothesis import strategies as st
 from knai import (
     AsyncKNAIProvider,
     ChargeResult,
-    InsufficientBalanceError,
-    InvalidAPIKeyError,
     KNAIError,
     KNAIProvider,
-    RateLimitError,
     ResponseValidationError,
-    ServerError,
     Session,
-    SessionExpiredError,
 )
 from knai._core import Plan, call_steps
 from knai._response import Body, error_from_response
 from knai._retry import RetryPolicy, parse_retry_after
 from knai._types import Call
-from tests._twin import ACTIVE, CHARGE, CHARGED, STATUS
 from tests.conftest import API_KEY, SLUG, TOKEN
-from tests.reliability._rogue import Reply, Request, RogueServer
+from tests.support.rogue import Reply, Request, RogueServer
+from tests.support.statuses import error_for
+from tests.support.twin import ACTIVE, CHARGE, CHARGED, STATUS
 
 FUZZ = settings(
     max_examples=120,
@@ -157,14 +153,7 @@ def expected_error(status: int) -> type[KNAIError]:
     """The one exception class the README documents for `status`."""
     if 200 <= status < 300:
         return ResponseValidationError
-    table: dict[int, type[KNAIError]] = {
-        401: InvalidAPIKeyError,
-        402: InsufficientBalanceError,
-        403: SessionExpiredError,
-        410: SessionExpiredError,
-        429: RateLimitError,
-    }
-    return table.get(status, ServerError if status >= 500 else KNAIError)
+    return error_for(status)
 
 
 def check_outcome(

@@ -17,8 +17,8 @@ import pytest
 
 from knai import KNAIError
 from tests.conftest import API_KEY, TOKEN
-from tests.reliability._rogue import Action, Close, Raw, Reply, Reset, RogueServer, Stall
 from tests.reliability.conftest import Clients
+from tests.support.rogue import Action, Close, Raw, Reply, Reset, RogueServer, Stall
 
 pytestmark = pytest.mark.anyio
 TESTS = str(Path(__file__).resolve().parents[1])

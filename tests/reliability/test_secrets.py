@@ -40,10 +40,10 @@ from knai import (
 )
 from knai._args import check_base_url
 from knai.testing import RunningSandbox, SandboxAdmin
-from tests._twin import CHARGED, STATUS
 from tests.conftest import API_KEY, SLUG
-from tests.reliability._rogue import Reply, Request, Reset, RogueServer, Stall
 from tests.reliability.conftest import Clients
+from tests.support.rogue import Reply, Request, Reset, RogueServer, Stall
+from tests.support.twin import CHARGED, STATUS
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,7 @@
-"""Fixtures for the sandbox wallet's own tests: in-process and served sandboxes, a fake clock."""
+"""Fixtures for the sandbox wallet's own tests: in-process sandboxes, a fake clock.
+
+The served sandbox (`server`, one per module, reset per test) is tests/conftest.py's.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ from knai.testing import (
     DEMO_PROVIDER_SLUG,
     DEMO_USERNAME,
     Ledger,
-    RunningSandbox,
     Sandbox,
 )
 
@@ -65,20 +67,6 @@ def ledger(clock: FakeClock) -> Ledger:
 def sandbox() -> Iterator[Sandbox]:
     with Sandbox() as sb:
         yield sb
-
-
-@pytest.fixture(scope="module")
-def shared_server() -> Iterator[RunningSandbox]:
-    """One served sandbox per test module (starting uvicorn costs ~0.2 s)."""
-    with Sandbox() as sb, sb.serve() as running:
-        yield running
-
-
-@pytest.fixture
-def server(shared_server: RunningSandbox) -> RunningSandbox:
-    """The module's served sandbox, reset to the demo seed (no faults, zero counters)."""
-    shared_server.ledger.reset()
-    return shared_server
 
 
 @pytest.fixture

@@ -26,6 +26,10 @@ USER = "crowd"
 START_BALANCE = 2_000
 THREADS, PER_THREAD = 8, 20
 TASKS = 200
+# The crowd's clients wait as long as it takes: these tests prove the ledger exact, not
+# fast. 200 tasks share httpx's 100 connections, and on a loaded machine (xdist workers,
+# Python 3.10's slower event loop) the last ones wait past httpx's default 5 s pool timeout.
+CROWD_TIMEOUT = httpx.Timeout(60.0)
 
 
 @dataclass
@@ -103,6 +107,10 @@ async def _charge_from_tasks(client: httpx.AsyncClient, token: str) -> Outcome:
     return outcome
 
 
+def _socket_client(url: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=url, trust_env=False, timeout=CROWD_TIMEOUT)
+
+
 @pytest.fixture
 def crowd() -> Iterator[tuple[Sandbox, str]]:
     with Sandbox() as sb:
@@ -132,7 +140,7 @@ async def test_asyncio_tasks_charging_in_process_keep_the_balance_exact(
 def test_threads_charging_over_sockets_keep_the_balance_exact(server: RunningSandbox) -> None:
     token = _open_crowd_wallet(server.ledger)
     outcome = _charge_from_threads(
-        lambda: httpx.Client(base_url=server.url, trust_env=False), token
+        lambda: httpx.Client(base_url=server.url, trust_env=False, timeout=CROWD_TIMEOUT), token
     )
     _check(server.ledger, outcome, THREADS * PER_THREAD)
 
@@ -142,7 +150,7 @@ async def test_asyncio_tasks_charging_over_sockets_keep_the_balance_exact(
     server: RunningSandbox,
 ) -> None:
     token = _open_crowd_wallet(server.ledger)
-    async with httpx.AsyncClient(base_url=server.url, trust_env=False) as client:
+    async with _socket_client(server.url) as client:
         outcome = await _charge_from_tasks(client, token)
     _check(server.ledger, outcome, TASKS)
 
@@ -154,7 +162,7 @@ async def test_concurrent_retries_with_one_idempotency_key_debit_once(
     token = _open_crowd_wallet(server.ledger)
     headers = charge_headers(token, idempotency_key="same-order")
     body = {"amount_tokens": 25, "model": "gpt-4"}
-    async with httpx.AsyncClient(base_url=server.url, trust_env=False) as client:
+    async with _socket_client(server.url) as client:
         responses = await asyncio.gather(
             *(client.post(CHARGE_PATH, json=body, headers=headers) for _ in range(50))
         )
@@ -205,7 +213,7 @@ def test_threads_and_event_loops_charging_one_ledger_at_once_keep_it_exact(
         with sandbox.serve() as running:
 
             async def served() -> None:
-                async with httpx.AsyncClient(base_url=running.url, trust_env=False) as client:
+                async with _socket_client(running.url) as client:
                     merged = await _charge_from_tasks(client, token)
                 with outcome.lock:
                     outcome.charged += merged.charged

@@ -1,4 +1,4 @@
-"""A loopback HTTP/1.1 server that misbehaves on cue, for the reliability tests.
+"""A loopback HTTP/1.1 server that misbehaves on cue, for the tests of the client's reliability.
 
 The sandbox wallet can answer a status, answer late or drop a connection; this
 server does what it cannot: reset a connection, stall forever, send HTML, a

@@ -1,8 +1,13 @@
-"""Both clients behind one awaitable surface, so each behaviour is proved sync and async."""
+"""Both clients behind one awaitable surface, so each behaviour is proved sync and async.
+
+The one wrapper of the suite: the respx tests (tests/conftest.py's `twins`), the
+reliability tests (`Clients`) and the end-to-end tests all drive `Twin`.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -78,12 +83,27 @@ class Twin:
         return Twin(self.provider.with_options(**options))
 
 
-class Twins:
-    """Makes providers of one flavour with retry pauses recorded; closes them all at the end."""
+Retries = Callable[[KNAIProvider | AsyncKNAIProvider], None]
 
-    def __init__(self, flavour: str, sleeps: list[float]) -> None:
+
+class Twins:
+    """Makes providers of one flavour, `retries` applied to each; closes them all at the end.
+
+    By default retry pauses are recorded in `sleeps` instead of slept. `defaults` are
+    options every provider gets unless `make` says otherwise (e.g. a sandbox's base_url).
+    """
+
+    def __init__(
+        self,
+        flavour: str,
+        sleeps: list[float],
+        retries: Retries | None = None,
+        **defaults: Any,
+    ) -> None:
         self.flavour = flavour
         self.sleeps = sleeps
+        self.retries = retries
+        self.defaults = {"provider_api_key": API_KEY, "provider_slug": SLUG, **defaults}
         self._made: list[Twin] = []
 
     @property
@@ -91,12 +111,18 @@ class Twins:
         return self.flavour == "async"
 
     def make(self, **options: Any) -> Twin:
-        """A provider with the test credentials unless `options` say otherwise (None: from env)."""
-        options.setdefault("provider_api_key", API_KEY)
-        options.setdefault("provider_slug", SLUG)
-        options.setdefault("retry", recording(self.sleeps))
+        """A provider with `defaults` (the test credentials) unless `options` say otherwise.
+
+        An option of None stands for "not given": the provider reads it from the environment.
+        Without a `retries` hook, retry pauses are recorded in `sleeps` instead of slept.
+        """
+        options = {**self.defaults, **options}
+        if self.retries is None:
+            options.setdefault("retry", recording(self.sleeps))
         cls = AsyncKNAIProvider if self.is_async else KNAIProvider
         provider = cls(**options)
+        if self.retries is not None:
+            self.retries(provider)
         twin = Twin(provider)
         self._made.append(twin)
         return twin
