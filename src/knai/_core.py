@@ -29,13 +29,13 @@ from ._response import Body, answer_of, failure_of, scrub_error
 from ._types import Call, ResponseMeta
 
 if TYPE_CHECKING:
-    from ._models import ActiveSession, Session, _Payload
+    from ._models import ActiveSession, Payload, Session
     from ._retry import RetryPolicy
 
 __all__ = ["Pause", "Plan", "Send", "SessionWait", "Steps", "call_steps", "wait_steps"]
 
 log = logging.getLogger("knai")
-_ModelT = TypeVar("_ModelT", bound="_Payload")
+_ModelT = TypeVar("_ModelT", bound="Payload")
 _T = TypeVar("_T")
 
 

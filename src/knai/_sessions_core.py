@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from . import KNAIError
 
@@ -113,7 +113,8 @@ class CacheCore:
         self.expiry_margin = _seconds("expiry_margin", expiry_margin, zero_ok=True)
         self.wait = _seconds("wait", wait, zero_ok=True)
         self.poll_interval = _seconds("poll_interval", poll_interval, zero_ok=False)
-        if isinstance(max_users, bool) or not isinstance(max_users, int):
+        # Untyped callers pass anything: the annotation is checked at run time.
+        if isinstance(max_users, bool) or not isinstance(cast(object, max_users), int):
             raise TypeError(f"max_users must be an int, got {type(max_users).__name__}")
         if max_users < 1:
             raise ValueError(f"max_users must be at least 1, got {max_users!r}")
