@@ -6,7 +6,7 @@ long") and is sent back, for a `Send`, the response with its body or the
 exception that ended the attempt. It decides everything else: retries (through
 `RetryPolicy`, tenacity behind it), deadlines, `may_have_been_applied`, the
 error each outcome maps to, and the parsed model it returns. The drivers in
-`_transport` only do what it says::
+`_transport` only do what it says (a drawing, not code):
 
     client method -> core (call_steps / wait_steps) -> driver -> httpx
 """

@@ -26,7 +26,7 @@ def bill(provider_username: str, tokens_used: int) -> ChargeResult | None:
 
 assert_type(sessions.get("alice"), ActiveSession)
 assert_type(sessions.get("alice", wait=2.5), ActiveSession)
-# The cached session is charged with its token as is: no narrowing, no `or ""`.
+# The cached session is charged with its token as is: no narrowing, no fallback.
 assert_type(sessions.get("alice").session_token, str)
 cached: Session = sessions.get("alice")
 assert_type(sessions.stats(), CacheStats)

@@ -5,6 +5,8 @@
 
 Point the real SDKs at it, in process or over a loopback socket::
 
+    import anthropic, httpx2, openai
+
     fake = FakeLLM(reply_words=5)
     client = openai.OpenAI(
         api_key="unused", base_url=fake.base_url,
