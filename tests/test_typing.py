@@ -28,11 +28,13 @@ from __future__ import annotations
 import httpx
 from knai import *
 from knai.testing import *
+from knai.metering import *
 provider: KNAIProvider
 token: str
 key: str
 request_id: str
 admin: SandboxAdmin
+completion: object  # an LLM SDK's response
 def queue_for_replay(key: str | None) -> None: ...
 """
 
@@ -155,6 +157,14 @@ def _readme_blocks() -> list[tuple[str, str]]:
     return [(f"README block {n}", block) for n, block in enumerate(blocks, 1)]
 
 
+def _doctest_source(code: str) -> str:
+    """A doctest's statements (its `>>>` and `...` lines), without the expected output."""
+    if not code.startswith(">>>"):
+        return code
+    source = [line[4:] for line in code.splitlines() if line.startswith((">>> ", "... "))]
+    return "\n".join(source)
+
+
 def _literal_blocks(docstring: str) -> list[str]:
     """The examples of a docstring: reST literal blocks (after a line ending in
     `::`) and Google-style `Example:` sections."""
@@ -168,7 +178,7 @@ def _literal_blocks(docstring: str) -> list[str]:
             if following.strip() and not following.startswith((" ", "\t")):
                 break
             body.append(following)
-        code = textwrap.dedent("\n".join(body)).strip() + "\n"
+        code = _doctest_source(textwrap.dedent("\n".join(body)).strip()) + "\n"
         if "await " in code or "async with" in code:
             # An async example is the body of a coroutine.
             code = "async def _example() -> None:\n" + textwrap.indent(code, "    ")
@@ -218,8 +228,13 @@ def test_readme_and_docstring_examples_type_check_under_mypy_strict(tmp_path: Pa
 
 
 def test_no_example_works_around_an_optional_token() -> None:
-    """The typed path is the easy one: nothing writes `session_token or ""`."""
+    """The typed path is the easy one: nothing writes `session_token or ""`.
+
+    (Other `x or ""` are not about tokens: an LLM chunk's `delta.content` is
+    Optional in the LLM SDKs, which is theirs to type.)
+    """
+    workaround = re.compile(r"""token\b[^\n]*\bor\s*(?:""|'')""")
     texts = [README.read_text(), *(p.read_text() for p in (ROOT / "tests" / "typing").glob("*"))]
     for text in texts:
-        assert 'or ""' not in text
-        assert "or ''" not in text
+        assert workaround.search(text) is None, workaround.search(text)
+    assert workaround.search('charge(session.session_token or "", 5, "m")')

@@ -6,7 +6,7 @@ long") and is sent back, for a `Send`, the response with its body or the
 exception that ended the attempt. It decides everything else: retries (through
 `RetryPolicy`, tenacity behind it), deadlines, `may_have_been_applied`, the
 error each outcome maps to, and the parsed model it returns. The drivers in
-`_transport` only do what it says::
+`_transport` only do what it says (a drawing, not code):
 
     client method -> core (call_steps / wait_steps) -> driver -> httpx
 """
@@ -29,13 +29,13 @@ from ._response import Body, answer_of, failure_of, scrub_error
 from ._types import Call, ResponseMeta
 
 if TYPE_CHECKING:
-    from ._models import ActiveSession, Session, _Payload
+    from ._models import ActiveSession, Payload, Session
     from ._retry import RetryPolicy
 
 __all__ = ["Pause", "Plan", "Send", "SessionWait", "Steps", "call_steps", "wait_steps"]
 
 log = logging.getLogger("knai")
-_ModelT = TypeVar("_ModelT", bound="_Payload")
+_ModelT = TypeVar("_ModelT", bound="Payload")
 _T = TypeVar("_T")
 
 

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ActiveSession", "ChargeResult", "Session", "SessionStatus", "parse_payload"]
 
-_PayloadT = TypeVar("_PayloadT", bound="_Payload")
+_PayloadT = TypeVar("_PayloadT", bound="Payload")
 
 SessionStatus = Literal["pending", "active", "inactive", "expired", "revoked", "unknown"]
 """The session statuses the SDK knows, the type of `Session.status`.
@@ -68,7 +68,7 @@ def _lenient(value: object, handler: ValidatorFunctionWrapHandler) -> object:
         return None
 
 
-class _Payload(BaseModel, Mapping[str, Any], extra="allow", frozen=True):
+class Payload(BaseModel, Mapping[str, Any], extra="allow", frozen=True):
     """A validated model that is also a read-only view of the JSON received."""
 
     # Defaults of None: pydantic deep-copies private defaults on every instance.
@@ -81,7 +81,7 @@ class _Payload(BaseModel, Mapping[str, Any], extra="allow", frozen=True):
         cls, data: Any, handler: ModelWrapValidatorHandler[Self], info: ValidationInfo
     ) -> Self:
         model = handler(data)
-        if isinstance(data, _Payload):
+        if isinstance(data, Payload):
             _set_private(model, "_raw", data._json)
         elif isinstance(data, dict) and info.context is _OWNED:
             _set_private(model, "_raw", cast("dict[str, Any]", data))
@@ -170,7 +170,7 @@ class _Payload(BaseModel, Mapping[str, Any], extra="allow", frozen=True):
         return json.dumps(self._json, indent=indent, ensure_ascii=False)
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, _Payload):
+        if isinstance(other, Payload):
             return _family(self) is _family(other) and self._json == other._json
         if isinstance(other, Mapping):
             return self._json == dict(other)  # pyright: ignore[reportUnknownArgumentType]
@@ -197,12 +197,12 @@ def _set_private(model: BaseModel, name: str, value: object) -> None:
         private[name] = value
 
 
-def _family(model: _Payload) -> type[_Payload]:
+def _family(model: Payload) -> type[Payload]:
     # An ActiveSession is a Session that is active: equal to one with the same JSON.
     return Session if isinstance(model, Session) else type(model)
 
 
-class Session(_Payload, frozen=True):
+class Session(Payload, frozen=True):
     """The session-status payload of `GET /providers/session/status`.
 
     Read fields as attributes (`session.status`) or as 0.1.0's dict
@@ -282,7 +282,7 @@ class ActiveSession(Session, frozen=True):
     session_token: str  # pyright: ignore[reportIncompatibleVariableOverride, reportGeneralTypeIssues]
 
 
-class ChargeResult(_Payload, frozen=True):
+class ChargeResult(Payload, frozen=True):
     """The response of `POST /charge/authorize`.
 
     The real service documents none of its fields, so each typed attribute is

@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Generator, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 import httpx
 
@@ -68,7 +68,8 @@ def _options(given: dict[str, object], *names: str) -> tuple[object, ...]:
 
 def _policy(retry: RetryPolicy | None, max_retries: object) -> RetryPolicy:
     """The client's policy, its count settled: see `RetryPolicy.max_retries`."""
-    if retry is not None and not isinstance(retry, RetryPolicy):
+    # Untyped callers pass anything: the annotation is checked at run time.
+    if retry is not None and not isinstance(cast(object, retry), RetryPolicy):
         raise TypeError(f"retry must be a knai.RetryPolicy, got {type(retry).__name__}")
     count = _args.check_max_retries(max_retries)
     policy = retry or RetryPolicy()

@@ -11,7 +11,6 @@ import re
 import time
 import zlib
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 
@@ -27,6 +26,7 @@ from ._errors import (
     ServerError,
     SessionExpiredError,
 )
+from ._json import JSONValue
 from ._redact import REDACTED, scrub
 from ._retry import parse_retry_after
 from ._types import Call
@@ -59,7 +59,7 @@ class DeepJSONError(ValueError):
     """JSON nested deeper than MAX_JSON_DEPTH: refused before `json` builds it."""
 
 
-def load_json(content: bytes) -> Any:
+def load_json(content: bytes) -> JSONValue:
     """`json.loads`, but nesting is bounded first, so no view of the result can recurse deep."""
     if content.count(b"[") + content.count(b"{") > MAX_JSON_DEPTH:  # else it cannot be deep
         depth = 0
@@ -71,7 +71,8 @@ def load_json(content: bytes) -> Any:
                     raise DeepJSONError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
             elif bracket in (b"]", b"}"):
                 depth -= 1
-    return json.loads(content)
+    decoded: JSONValue = json.loads(content)  # what json.loads can build is JSON
+    return decoded
 
 
 class Body:
@@ -138,21 +139,23 @@ def _cut(message: str) -> str:
     return message[:MAX_MESSAGE] + "..." if len(message) > MAX_MESSAGE else message
 
 
-def _error_message(body: Any) -> str | None:
+def _error_message(body: JSONValue) -> str | None:
     if isinstance(body, dict):
         for key in ("error", "message"):
             value = body.get(key)
             if isinstance(value, str) and value:
                 return value
-            if isinstance(value, dict) and isinstance(value.get("message"), str):
-                return str(value["message"])
+            if isinstance(value, dict):
+                nested = value.get("message")
+                if isinstance(nested, str):
+                    return nested
     return None
 
 
 def error_from_response(call: Call, status: int, headers: httpx.Headers, body: bytes) -> KNAIError:
     """Map a non-2xx answer to the exception its status calls for (0.1.0's table, extended)."""
     try:
-        parsed: Any = load_json(body)
+        parsed: JSONValue = load_json(body)
     except (ValueError, RecursionError):
         parsed = {"error": body[:KEEP_RAW_BYTES].decode("utf-8", "replace")}
     cls = STATUS_ERRORS.get(status)
@@ -171,7 +174,7 @@ def error_from_response(call: Call, status: int, headers: httpx.Headers, body: b
     )
 
 
-def answer_of(call: Call, response: httpx.Response, body: Body) -> tuple[Any, bytes]:
+def answer_of(call: Call, response: httpx.Response, body: Body) -> tuple[JSONValue, bytes]:
     """A 2xx answer's decoded JSON and its bytes; else raise the mapped error.
 
     A body cut at MAX_RESPONSE_BYTES, or one whose encoding cannot be undone,

@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import cast
 
 import tenacity as _tenacity
 
@@ -110,10 +111,10 @@ class RetryPolicy:
     _engine: _tenacity.Retrying = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.max_retries is not None and (
-            isinstance(self.max_retries, bool)
-            or not isinstance(self.max_retries, int)
-            or self.max_retries < 0
+        # Untyped callers pass anything: the annotation is checked at run time.
+        count = cast(object, self.max_retries)
+        if count is not None and (
+            isinstance(count, bool) or not isinstance(count, int) or count < 0
         ):
             raise ValueError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
         for name in ("initial_backoff", "max_backoff", "max_retry_after"):

@@ -11,14 +11,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from . import KNAIError
+from . import ActiveSession, KNAIError
 
 if TYPE_CHECKING:
     from . import Session
 
-__all__ = ["CacheCore", "CacheStats", "NoActiveSessionError", "token_of"]
+__all__ = ["CacheCore", "CacheStats", "NoActiveSessionError"]
 
 DEFAULT_TTL = 300.0
 DEFAULT_NEGATIVE_TTL = 1.0
@@ -72,7 +72,7 @@ class CacheStats:
 class _Entry:
     __slots__ = ("session", "status", "until")
 
-    def __init__(self, session: Session | None, status: str | None, until: float) -> None:
+    def __init__(self, session: ActiveSession | None, status: str | None, until: float) -> None:
         self.session = session  # None: the cached answer is "no active session"
         self.status = status
         self.until = until
@@ -85,14 +85,6 @@ def _seconds(name: str, value: object, *, zero_ok: bool) -> float:
         kind = "a non-negative" if zero_ok else "a positive"
         raise ValueError(f"{name} must be {kind}, finite number of seconds, got {value!r}")
     return float(value)
-
-
-def token_of(provider_username: str, session: Session) -> str:
-    """The token to charge with, checked at run time (the type says `str | None`)."""
-    token = session.session_token
-    if not session.is_active or not isinstance(token, str) or not token:
-        raise NoActiveSessionError(provider_username, session.status)
-    return token
 
 
 class CacheCore:
@@ -113,7 +105,8 @@ class CacheCore:
         self.expiry_margin = _seconds("expiry_margin", expiry_margin, zero_ok=True)
         self.wait = _seconds("wait", wait, zero_ok=True)
         self.poll_interval = _seconds("poll_interval", poll_interval, zero_ok=False)
-        if isinstance(max_users, bool) or not isinstance(max_users, int):
+        # Untyped callers pass anything: the annotation is checked at run time.
+        if isinstance(max_users, bool) or not isinstance(cast(object, max_users), int):
             raise TypeError(f"max_users must be an int, got {type(max_users).__name__}")
         if max_users < 1:
             raise ValueError(f"max_users must be at least 1, got {max_users!r}")
@@ -127,7 +120,7 @@ class CacheCore:
     def wait_of(self, wait: float | None) -> float:
         return self.wait if wait is None else _seconds("wait", wait, zero_ok=True)
 
-    def lookup(self, provider_username: str, wait: float) -> Session | None:
+    def lookup(self, provider_username: str, wait: float) -> ActiveSession | None:
         """The fresh cached session, None on a miss; raises a cached "no" when not waiting."""
         entry = self.entries.get(provider_username)
         if entry is not None and (
@@ -145,10 +138,11 @@ class CacheCore:
             raise NoActiveSessionError(provider_username, entry.status)
         return entry.session
 
-    def settle(self, provider_username: str, session: Session, *, keep: bool) -> Session:
+    def settle(self, provider_username: str, session: Session, *, keep: bool) -> ActiveSession:
         """Remember the wallet's answer (when `keep`); return it if active, else raise."""
         now = self.clock()
-        if session.is_active and session.session_token:
+        # Parsing makes every active session an ActiveSession, whose token is a str.
+        if isinstance(session, ActiveSession) and session.session_token:
             until = min(now + self.ttl, now + self._left(session))
             if keep and until > now:
                 self._put(provider_username, _Entry(session, session.status, until))

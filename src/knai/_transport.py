@@ -9,6 +9,7 @@ Every decision (retry, deadline, error mapping, outcome) is the core's.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import sys
 import time
 from collections.abc import Generator
@@ -155,12 +156,10 @@ _WARM = ("knai._models", "anyio._backends._asyncio", "httpcore._backends.anyio",
 
 
 def _warm_up(lanes: LaneClient | None) -> None:
-    # httpcore imports anyio and its asyncio backend on the first connection and lock.
-    import anyio._backends._asyncio  # noqa: F401
-    import httpcore._backends.anyio  # noqa: F401
-    import sniffio  # noqa: F401
-
-    from . import _models  # noqa: F401 (builds the pydantic models)
+    # httpcore imports anyio and its asyncio backend on the first connection and
+    # lock; knai._models builds the pydantic models. Imported for that effect only.
+    for name in _WARM:
+        importlib.import_module(name)
 
     if lanes is not None:
         lanes.prepare()

@@ -26,7 +26,7 @@ class ResponseMeta:
     """
 
     status_code: int = 0
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict[str, str])
     request_id: str | None = None
     idempotency_key: str | None = None
     retries: int = 0

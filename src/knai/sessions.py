@@ -35,7 +35,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from . import AsyncKNAIProvider, KNAIError, KNAIProvider, SessionExpiredError
 from . import SessionWaitTimeoutError as _WaitTimeout
@@ -48,11 +48,10 @@ from ._sessions_core import (
     CacheCore,
     CacheStats,
     NoActiveSessionError,
-    token_of,
 )
 
 if TYPE_CHECKING:
-    from . import ChargeResult, Session
+    from . import ActiveSession, ChargeResult
 
 __all__ = ["AsyncSessionCache", "CacheStats", "NoActiveSessionError", "SessionCache"]
 
@@ -67,10 +66,10 @@ class _Flight:
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.session: Session | None = None
+        self.session: ActiveSession | None = None
         self.error: BaseException | None = None
 
-    def result(self) -> Session:
+    def result(self) -> ActiveSession:
         self.done.wait()
         error = self.error
         if isinstance(error, NoActiveSessionError):
@@ -111,16 +110,17 @@ class SessionCache:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not isinstance(provider, KNAIProvider):
+        # Untyped callers pass anything: the annotation is checked at run time.
+        if not isinstance(cast(object, provider), KNAIProvider):
             raise TypeError(f"provider must be a KNAIProvider, got {type(provider).__name__}")
-        self.provider = provider
+        self.provider: KNAIProvider = provider
         self._core = CacheCore(
             ttl, negative_ttl, expiry_margin, max_users, wait, poll_interval, clock
         )
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
 
-    def get(self, provider_username: str, *, wait: float | None = None) -> Session:
+    def get(self, provider_username: str, *, wait: float | None = None) -> ActiveSession:
         """The user's active session, from memory when fresh, else from the wallet.
 
         Args:
@@ -128,7 +128,7 @@ class SessionCache:
             wait: Seconds to wait for activation on a miss (default: the cache's).
 
         Returns:
-            The active `Session`.
+            The user's `ActiveSession` (its `session_token` is a `str`).
 
         Raises:
             NoActiveSessionError: The user has no active session (`.last_status`).
@@ -182,7 +182,7 @@ class SessionCache:
         session = self.get(provider_username)
         try:
             return self.provider.charge(
-                token_of(provider_username, session),
+                session.session_token,
                 amount_tokens,
                 model,
                 idempotency_key=idempotency_key,
@@ -203,7 +203,7 @@ class SessionCache:
         with self._lock:
             return self._core.stats()
 
-    def _fetch(self, provider_username: str, wait: float, flight: _Flight) -> Session:
+    def _fetch(self, provider_username: str, wait: float, flight: _Flight) -> ActiveSession:
         with self._lock:
             self._core.polls += 1
         session = self.provider.get_session(provider_username)
@@ -241,15 +241,16 @@ class AsyncSessionCache:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not isinstance(provider, AsyncKNAIProvider):
+        # Untyped callers pass anything: the annotation is checked at run time.
+        if not isinstance(cast(object, provider), AsyncKNAIProvider):
             raise TypeError(f"provider must be an AsyncKNAIProvider, got {type(provider).__name__}")
-        self.provider = provider
+        self.provider: AsyncKNAIProvider = provider
         self._core = CacheCore(
             ttl, negative_ttl, expiry_margin, max_users, wait, poll_interval, clock
         )
-        self._flights: dict[str, asyncio.Task[Session]] = {}
+        self._flights: dict[str, asyncio.Task[ActiveSession]] = {}
 
-    async def get(self, provider_username: str, *, wait: float | None = None) -> Session:
+    async def get(self, provider_username: str, *, wait: float | None = None) -> ActiveSession:
         """The user's active session, from memory when fresh, else from the wallet.
 
         The status call runs in its own task: cancelling this `get` leaves it
@@ -260,7 +261,7 @@ class AsyncSessionCache:
             wait: Seconds to wait for activation on a miss (default: the cache's).
 
         Returns:
-            The active `Session`.
+            The user's `ActiveSession` (its `session_token` is a `str`).
 
         Raises:
             NoActiveSessionError: The user has no active session (`.last_status`).
@@ -296,7 +297,7 @@ class AsyncSessionCache:
         session = await self.get(provider_username)
         try:
             return await self.provider.charge(
-                token_of(provider_username, session),
+                session.session_token,
                 amount_tokens,
                 model,
                 idempotency_key=idempotency_key,
@@ -314,7 +315,7 @@ class AsyncSessionCache:
         """Hits, misses and wallet polls so far."""
         return self._core.stats()
 
-    async def _fetch(self, provider_username: str, wait: float) -> Session:
+    async def _fetch(self, provider_username: str, wait: float) -> ActiveSession:
         self._core.polls += 1
         session = await self.provider.get_session(provider_username)
         if not session.is_active and wait > 0:
@@ -327,7 +328,7 @@ class AsyncSessionCache:
         keep = self._flights.get(provider_username) is asyncio.current_task()
         return self._core.settle(provider_username, session, keep=keep)
 
-    def _landed(self, provider_username: str, task: asyncio.Task[Session]) -> None:
+    def _landed(self, provider_username: str, task: asyncio.Task[ActiveSession]) -> None:
         if self._flights.get(provider_username) is task:
             del self._flights[provider_username]
         if not task.cancelled():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from knai import AsyncKNAIProvider, ChargeResult, KNAIError, KNAIProvider, Session
+from knai import ActiveSession, AsyncKNAIProvider, ChargeResult, KNAIError, KNAIProvider, Session
 from knai.sessions import AsyncSessionCache, CacheStats, NoActiveSessionError, SessionCache
 
 if sys.version_info >= (3, 11):
@@ -24,8 +24,11 @@ def bill(provider_username: str, tokens_used: int) -> ChargeResult | None:
         return None
 
 
-assert_type(sessions.get("alice"), Session)
-assert_type(sessions.get("alice", wait=2.5), Session)
+assert_type(sessions.get("alice"), ActiveSession)
+assert_type(sessions.get("alice", wait=2.5), ActiveSession)
+# The cached session is charged with its token as is: no narrowing, no fallback.
+assert_type(sessions.get("alice").session_token, str)
+cached: Session = sessions.get("alice")
 assert_type(sessions.stats(), CacheStats)
 assert_type(sessions.stats().hits, int)
 assert_type(sessions.invalidate("alice"), None)
@@ -34,9 +37,10 @@ error: KNAIError = NoActiveSessionError("alice", "pending")
 async_sessions = AsyncSessionCache(AsyncKNAIProvider(), wait=5)
 
 
-async def session_of(provider_username: str) -> Session:
+async def session_of(provider_username: str) -> ActiveSession:
     session = await async_sessions.get(provider_username)
-    assert_type(session, Session)
+    assert_type(session, ActiveSession)
+    assert_type(session.session_token, str)
     result = await async_sessions.charge(provider_username, 10, "gpt-4", idempotency_key="r-1")
     assert_type(result, ChargeResult)
     return session

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 from collections.abc import AsyncIterable, AsyncIterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from knai import AsyncKNAIProvider, KNAIError
 
@@ -38,12 +38,13 @@ class AsyncMeter:
     """
 
     def __init__(self, provider: AsyncKNAIProvider, prices: PriceTable | None = None) -> None:
-        if not isinstance(provider, AsyncKNAIProvider):
+        # Untyped callers pass anything: the annotations are checked at run time.
+        if not isinstance(cast(object, provider), AsyncKNAIProvider):
             raise TypeError("provider must be an AsyncKNAIProvider (use Meter for sync)")
-        if prices is not None and not isinstance(prices, PriceTable):
+        if prices is not None and not isinstance(cast(object, prices), PriceTable):
             raise TypeError("prices must be a PriceTable")
-        self.provider = provider
-        self.prices = prices if prices is not None else PriceTable()
+        self.provider: AsyncKNAIProvider = provider
+        self.prices: PriceTable = prices if prices is not None else PriceTable()
 
     async def charge(
         self,

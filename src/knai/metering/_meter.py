@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from knai import KNAIError, KNAIProvider
 
@@ -46,12 +46,13 @@ class Meter:
     """
 
     def __init__(self, provider: KNAIProvider, prices: PriceTable | None = None) -> None:
-        if not isinstance(provider, KNAIProvider):
+        # Untyped callers pass anything: the annotations are checked at run time.
+        if not isinstance(cast(object, provider), KNAIProvider):
             raise TypeError("provider must be a KNAIProvider (use AsyncMeter for async)")
-        if prices is not None and not isinstance(prices, PriceTable):
+        if prices is not None and not isinstance(cast(object, prices), PriceTable):
             raise TypeError("prices must be a PriceTable")
-        self.provider = provider
-        self.prices = prices if prices is not None else PriceTable()
+        self.provider: KNAIProvider = provider
+        self.prices: PriceTable = prices if prices is not None else PriceTable()
 
     def charge(
         self,

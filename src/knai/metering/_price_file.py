@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["load_prices"]
 
@@ -46,7 +46,7 @@ def _toml_loader() -> Callable[..., dict[str, Any]]:
     return load
 
 
-def _read(path: Path) -> Any:
+def _read(path: Path) -> object:
     suffix = path.suffix.lower()
     if suffix == ".json":
         try:
@@ -71,13 +71,17 @@ def load_prices(path: str | os.PathLike[str]) -> dict[str, Mapping[str, Any]]:
         ValueError: The file is not TOML/JSON, or not a table of tables.
         OSError: The file cannot be read.
     """
-    if not isinstance(path, str | os.PathLike):
+    # Untyped callers pass anything: the annotation is checked at run time.
+    if not isinstance(cast(object, path), str | os.PathLike):
         raise TypeError("path must be a str or os.PathLike")
     file = Path(path)
     data = _read(file)
     if not isinstance(data, dict):
         raise ValueError(f"price file {file} must hold a table of model ids to rates")
-    for model, rates in data.items():
+    # A JSON object's and a TOML table's keys are strings; the rates are
+    # checked by PriceTable.
+    table = cast("dict[str, object]", data)
+    for model, rates in table.items():
         if not isinstance(rates, dict):
             raise ValueError(f"price file {file}: {model!r} must be a table of rates")
-    return data
+    return cast("dict[str, Mapping[str, Any]]", table)

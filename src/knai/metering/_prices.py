@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ._usage import Usage
 
@@ -101,7 +101,8 @@ class Price:
 
     def scaled(self, usage: Usage) -> int:
         """`cost(usage)` times `self.denominator`: an int."""
-        if not isinstance(usage, Usage):
+        # Untyped callers pass anything: the annotation is checked at run time.
+        if not isinstance(cast(object, usage), Usage):
             raise TypeError(f"usage must be a Usage (see usage_of), not {type(usage).__name__}")
         _, rate_in, rate_cached, rate_write, rate_out = self._scaled
         return (
@@ -131,14 +132,17 @@ def as_price(name: str, value: object) -> Price:
         return value
     if not isinstance(value, Mapping):
         raise TypeError(f"{name} must be a Price or a mapping of rates")
-    unknown = set(value) - {"input", "output", "cached_input", "cache_write"}
+    # Keys are checked below and rates by Price itself, so the mapping is only
+    # assumed to be what the checks then prove.
+    rates = cast("Mapping[str, Rate]", value)
+    unknown = set(rates) - {"input", "output", "cached_input", "cache_write"}
     if unknown:
         raise ValueError(f"{name} has unknown rates: {', '.join(sorted(map(str, unknown)))}")
     for required in ("input", "output"):
-        if required not in value:
+        if required not in rates:
             raise ValueError(f"{name} needs an {required!r} rate")
     try:
-        return Price(**value)
+        return Price(**rates)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"{name}: {exc}") from None
 
@@ -163,18 +167,22 @@ class PriceTable:
 
     __slots__ = ("_cache", "_exact", "_patterns", "default")
 
+    default: Price | None
+    """The price of a model nothing matches, or None."""
+
     def __init__(
         self,
         prices: Mapping[str, PriceLike] | None = None,
         default: Price | None = Price(1, 1),
     ) -> None:
-        if default is not None and not isinstance(default, Price):
+        # Untyped callers pass anything: the annotations are checked at run time.
+        if default is not None and not isinstance(cast(object, default), Price):
             raise TypeError("default must be a Price or None")
         self.default = default
         self._exact: dict[str, Price] = {}
         patterns: list[tuple[str, Price]] = []
         for key, value in (prices or {}).items():
-            if not isinstance(key, str) or not key:
+            if not isinstance(cast(object, key), str) or not key:
                 raise TypeError(f"prices keys must be non-empty model ids, got {key!r}")
             price = as_price(f"prices[{key!r}]", value)
             if key.endswith("*"):
@@ -215,7 +223,8 @@ class PriceTable:
         Raises:
             ValueError: Nothing matches `model` and the table has no default.
         """
-        if not isinstance(model, str) or not model:
+        # Untyped callers pass anything: the annotation is checked at run time.
+        if not isinstance(cast(object, model), str) or not model:
             raise ValueError("model must be a non-empty string")
         price = self.lookup(model)
         if price is None:

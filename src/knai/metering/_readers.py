@@ -8,7 +8,7 @@ SDK objects, raw JSON and OpenAI-shaped responses of other tools (LiteLLM).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from ._usage import Usage
 
@@ -18,7 +18,7 @@ __all__ = ["field", "model_of", "read_usage", "usage_of"]
 def field(obj: Any, name: str) -> Any:
     """`obj[name]` for a mapping, `obj.name` otherwise; None when absent."""
     if type(obj) is dict:
-        return obj.get(name)
+        return cast("dict[str, Any]", obj).get(name)  # decoded JSON: its keys are strings
     # The SDKs' pydantic objects keep fields in __dict__ and unknown keys in
     # __pydantic_extra__: reading those directly skips pydantic's __getattr__,
     # which costs microseconds for every absent optional field.
@@ -29,7 +29,7 @@ def field(obj: Any, name: str) -> Any:
     if extra is not None:
         return extra.get(name)
     if isinstance(obj, Mapping):
-        return obj.get(name)
+        return cast("Mapping[str, Any]", obj).get(name)
     return getattr(obj, name, None)
 
 

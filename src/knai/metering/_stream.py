@@ -78,9 +78,9 @@ class MeteredBase:
 
     def __init__(self, session_token: str, model: str, key: str, step: int, price: Price) -> None:
         self._token = session_token
-        self.model = model
-        self.key = key
-        self.charged = 0
+        self.model: str = model
+        self.key: str = key
+        self.charged: int = 0
         self.stopped: KNAIError | None = None
         self.unsettled: list[UnsettledCharge] = []
         self._tally = StreamTally(price, step)

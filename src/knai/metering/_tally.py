@@ -14,7 +14,7 @@ replaces the bound.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from ._prices import Price
 from ._readers import field, read_usage
@@ -90,16 +90,21 @@ class StreamTally:
         self.scheduled = 0
         self.increments = 0
         self._denominator = price.denominator
-        self._rates = price._scaled[1:4]
-        self._out_rate = price._scaled[4]
+        # Each rate times the denominator: the scaled price of one token of its kind.
+        self._rates = (
+            price.scaled(Usage(input_tokens=1)),
+            price.scaled(Usage(cached_input_tokens=1)),
+            price.scaled(Usage(cache_write_tokens=1)),
+        )
+        self._out_rate = price.scaled(Usage(output_tokens=1))
         self._base = 0
         self._output = 0
-        self._kinds: dict[type, int] = {}
+        self._kinds: dict[type[object], int] = {}
         self._set_due()
 
     # -- feeding -------------------------------------------------------------
 
-    def feed(self, chunk: Any) -> int:
+    def feed(self, chunk: object) -> int:
         """Account for one chunk; return the amount of the increment now due, or 0."""
         cls = type(chunk)
         kind = self._kinds.get(cls)
@@ -158,7 +163,7 @@ class StreamTally:
 
     def _event(self, event: Any) -> bool:
         kind = field(event, "type")
-        handler = _EVENTS.get(kind)
+        handler = self._EVENTS.get(kind)
         if handler is not None:
             return handler(self, event)
         # Without a type, an object of a class first seen as an event is a chat chunk.
@@ -266,12 +271,13 @@ class StreamTally:
         """What settlement charges: the total less every scheduled increment (>= 0)."""
         return max(0, self.total() - self.scheduled)
 
-
-_EVENTS: dict[Any, Callable[[StreamTally, Any], bool]] = {
-    "chunk": StreamTally._chunk_event,
-    "content_block_delta": StreamTally._block_delta,
-    "message_start": StreamTally._message_start,
-    "message_delta": StreamTally._message_delta,
-    **dict.fromkeys(_RESPONSE_DELTAS, StreamTally._response_delta),
-    **dict.fromkeys(_RESPONSE_ENDS, StreamTally._response_end),
-}
+    # An event's handler by its `type`, built in the class body so that the
+    # handlers stay private to the class.
+    _EVENTS: ClassVar[dict[Any, Callable[[StreamTally, Any], bool]]] = {
+        "chunk": _chunk_event,
+        "content_block_delta": _block_delta,
+        "message_start": _message_start,
+        "message_delta": _message_delta,
+        **dict.fromkeys(_RESPONSE_DELTAS, _response_delta),
+        **dict.fromkeys(_RESPONSE_ENDS, _response_end),
+    }

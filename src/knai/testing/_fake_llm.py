@@ -5,6 +5,8 @@
 
 Point the real SDKs at it, in process or over a loopback socket::
 
+    import anthropic, httpx2, openai
+
     fake = FakeLLM(reply_words=5)
     client = openai.OpenAI(
         api_key="unused", base_url=fake.base_url,
@@ -26,7 +28,7 @@ import itertools
 import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from .._json import JSONValue
 from ._app import dropping_connection
 from ._fake_llm_wire import (
     Api,
@@ -49,7 +52,7 @@ from ._fake_llm_wire import (
     plan,
     sse,
 )
-from ._server import _SHUTDOWN_GRACE, _START_TIMEOUT, _bind, _drop_filter, _Server, _url
+from ._server import SHUTDOWN_GRACE, START_TIMEOUT, UvicornServer, bind_socket, drop_filter, url_of
 from ._transport import AsyncSandboxTransport, SandboxTransport
 
 if TYPE_CHECKING:
@@ -119,14 +122,16 @@ class FakeLLM:
         cache_write_tokens: int = 0,
         fail_after: int | None = None,
     ) -> None:
-        self.reply_words = _count("reply_words", reply_words, 1)
-        self.cached_tokens = _count("cached_tokens", cached_tokens, 0)
-        self.cache_write_tokens = _count("cache_write_tokens", cache_write_tokens, 0)
-        self.fail_after = None if fail_after is None else _count("fail_after", fail_after, 0)
+        self.reply_words: int = _count("reply_words", reply_words, 1)
+        self.cached_tokens: int = _count("cached_tokens", cached_tokens, 0)
+        self.cache_write_tokens: int = _count("cache_write_tokens", cache_write_tokens, 0)
+        self.fail_after: int | None = (
+            None if fail_after is None else _count("fail_after", fail_after, 0)
+        )
         self.requests: list[FakeLLMRequest] = []
         """Every well-formed request received, oldest first."""
         self._ids = itertools.count(1)
-        self.app = Starlette(
+        self.app: Starlette = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/messages", self._messages, methods=["POST"]),
@@ -158,8 +163,9 @@ class FakeLLM:
 
         return AsyncHttpx2Transport(self.async_transport())
 
-    @contextlib.contextmanager
-    def serve(self, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[RunningFakeLLM]:
+    def serve(
+        self, *, host: str = "127.0.0.1", port: int = 0
+    ) -> contextlib.AbstractContextManager[RunningFakeLLM]:
         """Serve the fake on ``host:port`` (a free port by default) for a ``with`` block.
 
         Raises:
@@ -167,9 +173,15 @@ class FakeLLM:
             OSError: The port is taken.
             RuntimeError: The server failed to start.
         """
-        sock = _bind(host, port)
+        return self._serve(host, port)
+
+    # A plain method in front of the generator, so that help() and the type
+    # checkers show a context manager rather than a generator.
+    @contextlib.contextmanager
+    def _serve(self, host: str, port: int) -> Generator[RunningFakeLLM, None, None]:
+        sock = bind_socket(host, port)
         started = threading.Event()
-        server = _Server(_config(self.app), started.set)
+        server = UvicornServer(_config(self.app), started.set)
         thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="knai-fakellm-server", daemon=True
         )
@@ -179,10 +191,10 @@ class FakeLLM:
                 while not started.wait(0.01):
                     if not thread.is_alive():
                         raise RuntimeError("the fake LLM server failed to start")
-                yield RunningFakeLLM(url=_url(sock))
+                yield RunningFakeLLM(url=url_of(sock))
             finally:
                 server.should_exit = True
-                thread.join(_START_TIMEOUT + _SHUTDOWN_GRACE)
+                thread.join(START_TIMEOUT + SHUTDOWN_GRACE)
 
     # -- endpoints ------------------------------------------------------------
 
@@ -218,13 +230,16 @@ class FakeLLM:
         ]
         return _EventStream(frames, cut)
 
-    async def _read(self, request: Request, api: Api) -> tuple[Mapping[str, Any], Plan, int | None]:
+    async def _read(
+        self, request: Request, api: Api
+    ) -> tuple[dict[str, JSONValue], Plan, int | None]:
         try:
-            body = json.loads(await request.body())
+            decoded: JSONValue = json.loads(await request.body())
         except ValueError:
             raise BadRequestError("the body must be JSON") from None
-        if not isinstance(body, dict):
+        if not isinstance(decoded, dict):
             raise BadRequestError("the body must be a JSON object")
+        body = decoded
         p = plan(
             body,
             api,
@@ -269,8 +284,8 @@ class _EventStream(Response):
 
 
 def _config(app: Starlette) -> uvicorn.Config:
-    if _drop_filter not in logging.getLogger("uvicorn.error").filters:
-        logging.getLogger("uvicorn.error").addFilter(_drop_filter)
+    if drop_filter not in logging.getLogger("uvicorn.error").filters:
+        logging.getLogger("uvicorn.error").addFilter(drop_filter)
     return uvicorn.Config(
         app,
         http="h11",
@@ -278,5 +293,5 @@ def _config(app: Starlette) -> uvicorn.Config:
         lifespan="off",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=_SHUTDOWN_GRACE,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
     )

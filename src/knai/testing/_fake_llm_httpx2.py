@@ -10,7 +10,7 @@ their ``httpx2`` namesakes, which is what the SDKs retry and report.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Generator
 
 import httpx
 import httpx2
@@ -40,7 +40,7 @@ def _response(response: httpx.Response, request: httpx2.Request) -> httpx2.Respo
 
 
 @contextlib.contextmanager
-def _errors(request: httpx2.Request) -> Iterator[None]:
+def _errors(request: httpx2.Request) -> Generator[None, None, None]:
     try:
         yield
     except httpx.ReadTimeout as exc:
@@ -56,11 +56,13 @@ class Httpx2Transport(httpx2.BaseTransport):
         self._inner = inner
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        """Answer `request` in process, as the fake LLM would over a socket."""
         with _errors(request):
             answer = self._inner.handle_request(_request(request, request.read()))
         return _response(answer, request)
 
     def close(self) -> None:
+        """Close the wrapped transport."""
         self._inner.close()
 
 
@@ -71,10 +73,12 @@ class AsyncHttpx2Transport(httpx2.AsyncBaseTransport):
         self._inner = inner
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        """Answer `request` in process, as the fake LLM would over a socket."""
         content = await request.aread()
         with _errors(request):
             answer = await self._inner.handle_async_request(_request(request, content))
         return _response(answer, request)
 
     async def aclose(self) -> None:
+        """Close the wrapped transport."""
         await self._inner.aclose()

@@ -24,6 +24,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .._json import JSONValue
+
 __all__ = [
     "BadRequestError",
     "Plan",
@@ -64,19 +66,17 @@ class Plan:
         return [word if i == 0 else f" {word}" for i, word in enumerate(self.words)]
 
 
-def _words(content: object) -> list[str]:
+def _words(content: JSONValue) -> list[str]:
     """Words of a message's content: a string, or a list of parts with text."""
     if isinstance(content, str):
         return content.split()
     if isinstance(content, list):
-        return [
-            w for part in content if isinstance(part, Mapping) for w in _words(part.get("text"))
-        ]
+        return [w for part in content if isinstance(part, dict) for w in _words(part.get("text"))]
     return []
 
 
 def plan(
-    body: Mapping[str, Any],
+    body: Mapping[str, JSONValue],
     api: Api,
     *,
     reply_words: int,
@@ -90,12 +90,13 @@ def plan(
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequestError("messages: a non-empty array is required")
-    if not all(isinstance(m, Mapping) for m in messages):
+    chat = [m for m in messages if isinstance(m, dict)]
+    if len(chat) != len(messages):
         raise BadRequestError("messages: every message must be an object")
-    prompt = [w for m in messages for w in _words(m.get("content"))]
+    prompt = [w for m in chat for w in _words(m.get("content"))]
     if api == "anthropic":
         prompt += _words(body.get("system"))
-    users = [m for m in messages if m.get("role") == "user"]
+    users = [m for m in chat if m.get("role") == "user"]
     seed = tuple(_words(users[-1].get("content"))) if users else ()
     seed = seed or ("ok",)
     limit = _max_tokens(body, api)
@@ -234,7 +235,7 @@ def anthropic_events(p: Plan, ident: str) -> Iterator[tuple[str, dict[str, Any]]
     ``message_start`` reports 1 output token, as the real API does; the
     ``message_delta`` usage is cumulative and final.
     """
-    start = {**anthropic_message(p, ident), "content": [], "stop_reason": None}
+    start: dict[str, Any] = {**anthropic_message(p, ident), "content": [], "stop_reason": None}
     start["usage"] = _anthropic_usage(p, 1)
     yield "message_start", {"type": "message_start", "message": start}
     block = {"type": "text", "text": ""}

@@ -30,9 +30,9 @@ from ._ledger import Ledger
 
 __all__ = ["RunningSandbox", "run_forever", "serve"]
 
-_START_TIMEOUT = 10.0
+START_TIMEOUT = 10.0
 # Seconds uvicorn waits at shutdown for requests still running (a long delay fault).
-_SHUTDOWN_GRACE = 1
+SHUTDOWN_GRACE = 1
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,13 @@ class _DeliberateDropFilter(logging.Filter):
         return not dropping_connection.get()
 
 
-_drop_filter = _DeliberateDropFilter()
+drop_filter = _DeliberateDropFilter()
+"""Added to uvicorn's error logger once a server is configured."""
 
 
-class _Server(uvicorn.Server):
+class UvicornServer(uvicorn.Server):
+    """A uvicorn server that calls `on_started` once it listens (sandbox and fake LLM)."""
+
     def __init__(self, config: uvicorn.Config, on_started: Callable[[], None]) -> None:
         super().__init__(config)
         self._on_started = on_started
@@ -93,9 +96,9 @@ def _serve(
     ledger: Ledger | None, *, host: str, port: int, allow_remote: bool
 ) -> Generator[RunningSandbox, None, None]:
     ledger = ledger if ledger is not None else Ledger(demo=True)
-    sock = _bind(host, port, allow_remote=allow_remote)
+    sock = bind_socket(host, port, allow_remote=allow_remote)
     started = threading.Event()
-    server = _Server(_config(ledger), started.set)
+    server = UvicornServer(_config(ledger), started.set)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="knai-sandbox-server", daemon=True
     )
@@ -105,11 +108,11 @@ def _serve(
             while not started.wait(0.01):
                 if not thread.is_alive():
                     raise RuntimeError("the sandbox server failed to start")
-            with SandboxAdmin(_url(sock)) as admin:
-                yield RunningSandbox(url=_url(sock), admin=admin, ledger=ledger)
+            with SandboxAdmin(url_of(sock)) as admin:
+                yield RunningSandbox(url=url_of(sock), admin=admin, ledger=ledger)
         finally:
             server.should_exit = True
-            thread.join(_START_TIMEOUT + _SHUTDOWN_GRACE)
+            thread.join(START_TIMEOUT + SHUTDOWN_GRACE)
 
 
 def run_forever(
@@ -128,15 +131,15 @@ def run_forever(
     non-loopback ``host`` needs ``allow_remote=True`` (see ``serve``).
     """
     ledger = ledger if ledger is not None else Ledger(demo=True)
-    with _bind(host, port, allow_remote=allow_remote) as sock:
-        url = _url(sock)
-        server = _Server(_config(ledger), lambda: on_ready(url) if on_ready else None)
+    with bind_socket(host, port, allow_remote=allow_remote) as sock:
+        url = url_of(sock)
+        server = UvicornServer(_config(ledger), lambda: on_ready(url) if on_ready else None)
         server.run(sockets=[sock])
 
 
 def _config(ledger: Ledger) -> uvicorn.Config:
-    if _drop_filter not in logging.getLogger("uvicorn.error").filters:
-        logging.getLogger("uvicorn.error").addFilter(_drop_filter)
+    if drop_filter not in logging.getLogger("uvicorn.error").filters:
+        logging.getLogger("uvicorn.error").addFilter(drop_filter)
     return uvicorn.Config(
         create_app(ledger),
         http="h11",
@@ -144,11 +147,12 @@ def _config(ledger: Ledger) -> uvicorn.Config:
         lifespan="off",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=_SHUTDOWN_GRACE,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
     )
 
 
-def _bind(host: str, port: int, *, allow_remote: bool = False) -> socket.socket:
+def bind_socket(host: str, port: int, *, allow_remote: bool = False) -> socket.socket:
+    """A TCP socket bound to `host:port`; ValueError for a remote host unless allowed."""
     family = _family(host, port, allow_remote=allow_remote)
     # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets that say so,
     # and without it every response waits ~40 ms for a delayed ACK.
@@ -182,6 +186,7 @@ def _family(host: str, port: int, *, allow_remote: bool) -> socket.AddressFamily
     return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
 
 
-def _url(sock: socket.socket) -> str:
+def url_of(sock: socket.socket) -> str:
+    """The base URL of a bound socket (IPv6 hosts in brackets)."""
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -32,7 +32,7 @@ honoured. A test that needs a server of its own calls ``knai_sandbox.serve()``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -125,7 +125,9 @@ def knai_provider(knai_sandbox_server: RunningSandbox) -> Iterator[KNAIProvider]
 
 
 @contextlib.asynccontextmanager
-async def _async_provider(server: RunningSandbox) -> AsyncIterator[AsyncKNAIProvider]:
+async def _async_provider(
+    server: RunningSandbox,
+) -> AsyncGenerator[AsyncKNAIProvider, None]:
     from knai import AsyncKNAIProvider
     from knai.testing import DEMO_API_KEY, DEMO_PROVIDER_SLUG
 
@@ -172,7 +174,7 @@ async def _knai_async_provider_anyio(
 
 
 # pytest_asyncio.fixture appeared in 0.17; an older one simply is not used.
-if getattr(pytest_asyncio, "fixture", None) is not None:
+if pytest_asyncio is not None and getattr(pytest_asyncio, "fixture", None) is not None:
 
     @pytest_asyncio.fixture
     async def _knai_async_provider_asyncio(
