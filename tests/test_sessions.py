@@ -25,6 +25,7 @@ import pytest
 import respx
 
 from knai import (
+    ActiveSession,
     AsyncKNAIProvider,
     ChargeResult,
     InsufficientBalanceError,
@@ -128,6 +129,7 @@ async def test_second_get_is_served_from_memory(caches: MakeCache, status: respx
     cache = caches()
     first = await cache.get()
     second = await cache.get()
+    assert isinstance(first, ActiveSession)  # the typed path: session_token is a str
     assert first.session_token == TOKEN
     assert second is first
     assert status.call_count == 1
