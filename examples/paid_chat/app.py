@@ -1,0 +1,79 @@
+"""An OpenAI-compatible chat endpoint that charges each caller's KNAI Wallet per usage."""
+
+import hmac
+import json
+import os
+from collections.abc import AsyncIterator, Mapping
+from typing import Annotated, Any
+
+import httpx
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from knai import AsyncKNAIProvider
+from knai.fastapi import Paywall, Wallet
+from knai.sessions import AsyncSessionCache
+
+
+def create_app(
+    api_keys: Mapping[str, str],
+    wallet: AsyncKNAIProvider,
+    upstream: httpx.AsyncClient,
+) -> FastAPI:
+    """The service: `api_keys` maps your API keys to provider_usernames."""
+
+    def username_of(authorization: Annotated[str, Header()] = "") -> str:
+        key = authorization.removeprefix("Bearer ")
+        for known, user in api_keys.items():
+            if hmac.compare_digest(key.encode(), known.encode()):
+                return user
+        raise HTTPException(401, {"reason": "invalid_api_key"})
+
+    paywall = Paywall(AsyncSessionCache(wallet), username_of)
+    app = FastAPI(title="paid chat")
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(
+        request: Request, wallet: Annotated[Wallet, Depends(paywall)]
+    ) -> JSONResponse | StreamingResponse:
+        body: dict[str, Any] = await request.json()
+        if not body.get("stream"):
+            answer = await upstream.post("/chat/completions", json=body)
+            if answer.is_error:
+                return JSONResponse(answer.json(), status_code=answer.status_code)
+            completion = answer.json()
+            await wallet.charge_usage(completion)  # a refusal answers 402/403
+            return JSONResponse(completion)
+        # Usage comes last in the stream, and only when asked for: always ask.
+        body["stream_options"] = {"include_usage": True}
+        sent = upstream.build_request("POST", "/chat/completions", json=body)
+        answer = await upstream.send(sent, stream=True)
+        if answer.is_error:
+            await answer.aread()
+            await answer.aclose()
+            return JSONResponse(answer.json(), status_code=answer.status_code)
+        events = wallet.stream(chunks_of(answer), model=str(body.get("model")))
+        return StreamingResponse(events, media_type="text/event-stream")
+
+    return app
+
+
+async def chunks_of(answer: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """The JSON chunks of an upstream's server-sent events, until ``[DONE]``."""
+    try:
+        async for line in answer.aiter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                yield json.loads(line.removeprefix("data: "))
+    finally:
+        await answer.aclose()
+
+
+def app_from_env() -> FastAPI:
+    """The service configured from the environment (see examples/paid_chat/README.md)."""
+    keys = dict(pair.split("=", 1) for pair in os.environ["PAID_CHAT_KEYS"].split(","))
+    upstream = httpx.AsyncClient(
+        base_url=os.environ.get("UPSTREAM_BASE_URL", "http://127.0.0.1:8001/v1"),
+        headers={"Authorization": f"Bearer {os.environ.get('UPSTREAM_API_KEY', 'unused')}"},
+        timeout=httpx.Timeout(60, connect=5),
+    )
+    return create_app(keys, AsyncKNAIProvider(), upstream)
