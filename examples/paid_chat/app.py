@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from knai import AsyncKNAIProvider
 from knai.fastapi import Paywall, Wallet
+from knai.metering import PriceTable
 from knai.sessions import AsyncSessionCache
 
 
@@ -19,6 +20,7 @@ def create_app(
     api_keys: Mapping[str, str],
     wallet: AsyncKNAIProvider,
     upstream: httpx.AsyncClient,
+    prices: PriceTable | None = None,
 ) -> FastAPI:
     """The service: `api_keys` maps your API keys to provider_usernames."""
 
@@ -29,7 +31,7 @@ def create_app(
                 return user
         raise HTTPException(401, {"reason": "invalid_api_key"})
 
-    paywall = Paywall(AsyncSessionCache(wallet), username_of)
+    paywall = Paywall(AsyncSessionCache(wallet), username_of, prices=prices)
     app = FastAPI(title="paid chat")
 
     @app.post("/v1/chat/completions", response_model=None)
@@ -76,4 +78,7 @@ def app_from_env() -> FastAPI:
         headers={"Authorization": f"Bearer {os.environ.get('UPSTREAM_API_KEY', 'unused')}"},
         timeout=httpx.Timeout(60, connect=5),
     )
-    return create_app(keys, AsyncKNAIProvider(), upstream)
+    prices = os.environ.get("PRICES_FILE")  # TOML or JSON, see knai.metering
+    return create_app(
+        keys, AsyncKNAIProvider(), upstream, PriceTable.from_file(prices) if prices else None
+    )

@@ -98,7 +98,9 @@ def sse_event(chunk: object) -> bytes:
         data = chunk.encode()
     else:
         dump: Callable[..., str] | None = getattr(chunk, "model_dump_json", None)
-        text = dump(exclude_unset=True) if callable(dump) else json.dumps(chunk)
+        text = (
+            dump(exclude_unset=True) if callable(dump) else json.dumps(chunk, separators=(",", ":"))
+        )
         data = text.encode()
     return b"data: " + data + b"\n\n"
 
