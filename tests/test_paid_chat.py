@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import httpx
 import openai
 import pytest
-from examples.paid_chat.app import create_app
+from examples.paid_chat.app import app_from_env, build_app
 
 from knai import AsyncKNAIProvider
 from knai.metering import Price, PriceTable
@@ -90,7 +90,7 @@ def deployment(knai_sandbox_server: RunningSandbox) -> Iterator[Deployment]:
         wallet = AsyncKNAIProvider(DEMO_API_KEY, DEMO_PROVIDER_SLUG, knai_sandbox_server.url)
         quick_retries(wallet)
         upstream = httpx.AsyncClient(base_url=llm.base_url, timeout=10, transport=PacedTransport())
-        with serve_asgi(create_app(keys, wallet, upstream, PRICES)) as url:
+        with serve_asgi(build_app(keys, wallet, upstream, PRICES)) as url:
             yield Deployment(url, fake, knai_sandbox_server, keys)
 
 
@@ -162,3 +162,32 @@ def test_an_unknown_api_key_gets_401(deployment: Deployment) -> None:
     client = openai.OpenAI(api_key="sk-nobody", base_url=f"{deployment.url}/v1", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         client.chat.completions.create(model="gpt-4o", messages=PROMPT)
+
+
+def test_a_body_without_a_model_is_400_not_a_server_error(deployment: Deployment) -> None:
+    answer = httpx.post(
+        f"{deployment.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {deployment.key_of('alice')}"},
+        content=b"[1, 2]",
+    )
+    assert answer.status_code == 400
+    assert deployment.ledger("alice") == 0
+
+
+def test_configured_from_the_environment_the_upstream_defaults_to_a_fake_llm(
+    knai_sandbox_server: RunningSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`uvicorn --factory examples.paid_chat.app:app_from_env` with no UPSTREAM_BASE_URL."""
+    admin = knai_sandbox_server.admin
+    admin.create_user(DEMO_PROVIDER_SLUG, "dora", balance=1_000)
+    admin.open_session(DEMO_PROVIDER_SLUG, "dora")
+    monkeypatch.setenv("PAID_CHAT_KEYS", "sk-dora=dora,sk-eve=eve")
+    monkeypatch.setenv("KNAI_API_KEY", DEMO_API_KEY)
+    monkeypatch.setenv("KNAI_PROVIDER_SLUG", DEMO_PROVIDER_SLUG)
+    monkeypatch.setenv("KNAI_BASE_URL", knai_sandbox_server.url)
+    monkeypatch.delenv("UPSTREAM_BASE_URL", raising=False)
+    with serve_asgi(app_from_env()) as url:
+        client = openai.OpenAI(api_key="sk-dora", base_url=f"{url}/v1", max_retries=0)
+        completion = client.chat.completions.create(model="gpt-4o", messages=PROMPT)
+    assert completion.usage is not None
+    assert admin.balance(DEMO_PROVIDER_SLUG, "dora") == 1_000 - completion.usage.total_tokens

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from knai import AsyncKNAIProvider
 from knai.fastapi import Paywall, Wallet
@@ -16,7 +16,7 @@ from knai.metering import PriceTable
 from knai.sessions import AsyncSessionCache
 
 
-def create_app(
+def build_app(
     api_keys: Mapping[str, str],
     wallet: AsyncKNAIProvider,
     upstream: httpx.AsyncClient,
@@ -35,14 +35,16 @@ def create_app(
     app = FastAPI(title="paid chat")
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat(
-        request: Request, wallet: Annotated[Wallet, Depends(paywall)]
-    ) -> JSONResponse | StreamingResponse:
-        body: dict[str, Any] = await request.json()
+    async def chat(request: Request, wallet: Annotated[Wallet, Depends(paywall)]) -> Response:
+        try:
+            body: dict[str, Any] = dict(await request.json())
+            model = str(body["model"])
+        except (ValueError, TypeError, KeyError):
+            raise HTTPException(400, {"reason": "a JSON object with a model is required"}) from None
         if not body.get("stream"):
             answer = await upstream.post("/chat/completions", json=body)
             if answer.is_error:
-                return JSONResponse(answer.json(), status_code=answer.status_code)
+                return upstream_error(answer)
             completion = answer.json()
             await wallet.charge_usage(completion)  # a refusal answers 402/403
             return JSONResponse(completion)
@@ -53,11 +55,17 @@ def create_app(
         if answer.is_error:
             await answer.aread()
             await answer.aclose()
-            return JSONResponse(answer.json(), status_code=answer.status_code)
-        events = wallet.stream(chunks_of(answer), model=str(body.get("model")))
+            return upstream_error(answer)
+        events = wallet.stream(chunks_of(answer), model=model)
         return StreamingResponse(events, media_type="text/event-stream")
 
     return app
+
+
+def upstream_error(answer: httpx.Response) -> Response:
+    """The upstream's refusal (a bad request, its rate limit) handed on as it came."""
+    kind = answer.headers.get("content-type", "application/json")
+    return Response(answer.content, status_code=answer.status_code, media_type=kind)
 
 
 async def chunks_of(answer: httpx.Response) -> AsyncIterator[dict[str, Any]]:
@@ -71,14 +79,24 @@ async def chunks_of(answer: httpx.Response) -> AsyncIterator[dict[str, Any]]:
 
 
 def app_from_env() -> FastAPI:
-    """The service configured from the environment (see examples/paid_chat/README.md)."""
+    """The service configured from the environment (the README lists the variables)."""
     keys = dict(pair.split("=", 1) for pair in os.environ["PAID_CHAT_KEYS"].split(","))
-    upstream = httpx.AsyncClient(
-        base_url=os.environ.get("UPSTREAM_BASE_URL", "http://127.0.0.1:8001/v1"),
-        headers={"Authorization": f"Bearer {os.environ.get('UPSTREAM_API_KEY', 'unused')}"},
-        timeout=httpx.Timeout(60, connect=5),
-    )
+    secret = os.environ.get("UPSTREAM_API_KEY", "unused")
+    timeout = httpx.Timeout(60, connect=5)
+    if "UPSTREAM_BASE_URL" in os.environ:
+        upstream = httpx.AsyncClient(
+            base_url=os.environ["UPSTREAM_BASE_URL"],
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=timeout,
+        )
+    else:  # a FakeLLM in this process: try the service without an LLM account
+        from knai.testing import FakeLLM
+
+        fake = FakeLLM()
+        upstream = httpx.AsyncClient(
+            base_url=fake.base_url, transport=fake.async_transport(), timeout=timeout
+        )
     prices = os.environ.get("PRICES_FILE")  # TOML or JSON, see knai.metering
-    return create_app(
+    return build_app(
         keys, AsyncKNAIProvider(), upstream, PriceTable.from_file(prices) if prices else None
     )
