@@ -16,6 +16,7 @@ import secrets
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -69,6 +70,7 @@ class Service:
     words: int = 5
     step: int = 1_000
     tokens: list[str] = field(default_factory=list)
+    fail_at: int | None = None
 
     def user(self, balance: int = 10_000, *, session: bool = True) -> str:
         name = f"u-{secrets.token_hex(4)}"
@@ -113,6 +115,8 @@ def build_app(service: Service, provider: AsyncKNAIProvider, **paywall: Any) -> 
 
     async def upstream() -> AsyncIterator[dict[str, Any]]:
         for n in range(service.words):
+            if n == service.fail_at:
+                raise ConnectionError("the upstream went away")
             yield chunk(f"w{n} ")
             # The rest waits until the client has seen the first event; a
             # buffering server would never show it, and the stream would fail.
@@ -310,3 +314,60 @@ def test_paywall_rejects_what_is_not_a_session_cache() -> None:
     with pytest.raises(TypeError, match="sessions"):
         Paywall(object(), lambda: "x")  # type: ignore[arg-type]
     assert issubclass(PaymentRefused, HTTPException)
+
+
+def wait_for_ledger(service: Service, user: str) -> int:
+    """The ledger once a settlement running after the response has landed."""
+    for _ in range(200):
+        if service.ledger(user):
+            return service.ledger(user)
+        time.sleep(0.01)
+    return service.ledger(user)
+
+
+def test_an_upstream_that_breaks_mid_stream_ends_it_with_an_error_event(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What was streamed is charged (a lower bound: one token per delta), the client
+    gets one `upstream_error` event, and no traceback reaches the logs."""
+    service.gate.set()
+    service.fail_at = 3
+    user = service.user()
+    with caplog.at_level(logging.DEBUG):
+        answer = post(service, "/stream", user)
+    events = events_of(answer.text)
+    assert len(events) == 4  # w0 w1 w2, then the error
+    error = json.loads(events[-1].split("data: ", 1)[1])["error"]
+    assert error["type"] == "upstream_error"
+    assert error["charged"] == service.ledger(user) == 3 * 2  # 3 deltas at 2 per output token
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_a_client_that_hangs_up_mid_stream_is_charged_what_was_streamed(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    service.gate.set()
+    service.words = 200
+    user = service.user()
+    with (
+        caplog.at_level(logging.DEBUG),
+        httpx.Client(timeout=10) as client,
+        client.stream("POST", service.url + "/stream", headers={"X-User": user}) as answer,
+    ):
+        next(line for line in answer.iter_lines() if line)
+    charged = wait_for_ledger(service, user)
+    assert 0 < charged < 3 + 200 * 2  # settled for the part streamed, not the whole answer
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_a_pending_session_is_waited_for_when_the_paywall_says_so(
+    knai_sandbox_server: RunningSandbox,
+) -> None:
+    provider = AsyncKNAIProvider(DEMO_API_KEY, DEMO_PROVIDER_SLUG, base_url=knai_sandbox_server.url)
+    svc = Service(url="", sandbox=knai_sandbox_server)
+    user = svc.user(session=False)
+    knai_sandbox_server.admin.open_session(DEMO_PROVIDER_SLUG, user, activate_after=0.3)
+    with serve_asgi(build_app(svc, provider, wait=5)) as url:
+        svc.url = url
+        assert post(svc, "/charge", user).status_code == 200
+    assert svc.ledger(user) == 100
