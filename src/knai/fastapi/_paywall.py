@@ -61,13 +61,13 @@ class Paywall:
             raise TypeError(f"sessions must be an AsyncSessionCache, got {type(sessions).__name__}")
         if not callable(username):
             raise TypeError("username must be a callable (a FastAPI dependency)")
-        self.sessions = sessions
-        self.meter = AsyncMeter(sessions.provider, prices)
-        self.request_id_header = request_id_header
-        self.wait = wait
+        self.sessions: AsyncSessionCache = sessions
+        self.meter: AsyncMeter = AsyncMeter(sessions.provider, prices)
+        self.request_id_header: str | None = request_id_header
+        self.wait: float | None = wait
         # FastAPI reads a dependency's parameters from its signature: this one
         # asks for the request and for whatever `username` depends on.
-        self.__signature__ = inspect.Signature(
+        self.__signature__: inspect.Signature = inspect.Signature(
             [
                 inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, annotation=Request),
                 inspect.Parameter(

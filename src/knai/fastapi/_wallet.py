@@ -145,9 +145,9 @@ class Wallet:
         self._meter = meter
         self._token = session_token
         self._count = 0
-        self.provider_username = provider_username
-        self.request_id = request_id
-        self.charged = 0
+        self.provider_username: str = provider_username
+        self.request_id: str = request_id
+        self.charged: int = 0
 
     def __repr__(self) -> str:
         # The session token stays out of reprs, tracebacks and logs.
