@@ -199,6 +199,14 @@ def test_without_a_request_id_every_request_gets_a_fresh_key(service: Service) -
     assert service.ledger(user) == 200
 
 
+def test_a_request_id_with_the_key_separator_is_replaced_by_a_fresh_one(service: Service) -> None:
+    """Ids "r" and "r:1" could otherwise share keys ("r:1:1"): such an id is not trusted."""
+    user = service.user()
+    body = post(service, "/charge", user, headers={"X-Request-Id": "r:1"}).json()
+    assert ":" not in body["request_id"]
+    assert service.keys(user) == [f"{body['request_id']}:1"]
+
+
 def test_the_same_request_id_of_two_users_charges_both(service: Service) -> None:
     alice, bob = service.user(), service.user()
     for user in (alice, bob):

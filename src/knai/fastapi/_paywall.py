@@ -20,8 +20,9 @@ from ._wallet import PaymentRefused, Wallet, hint_for, log, refusal
 __all__ = ["Paywall"]
 
 # A request id taken from a header becomes part of idempotency keys: printable
-# ASCII without spaces, short enough to leave room for the suffixes.
-_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,100}")
+# ASCII without spaces, short enough to leave room for the suffixes, and no
+# ":" (the suffixes' separator), so that no id's keys can equal another id's.
+_REQUEST_ID = re.compile(r"[\x21-\x39\x3b-\x7e]{1,100}")
 
 
 class Paywall:

@@ -156,6 +156,9 @@ def _story(end_user: _User, admin: SandboxAdmin, url: str, user: str, fake: Any)
     started = time.monotonic()
     while (answer := end_user.chat()).status_code == 402 and time.monotonic() - started < 10:
         time.sleep(0.25)  # "no session" is cached for a second: the service spares the wallet
+    if answer.status_code != 200:
+        _say(f"still HTTP {answer.status_code} after 10 s: {answer.text}")
+        return 1
     expected = 0
 
     _step(
@@ -197,7 +200,10 @@ def _story(end_user: _User, admin: SandboxAdmin, url: str, user: str, fake: Any)
     admin.inject_fault("charge", drop="after")
     answer = end_user.chat()
     new = admin.charges(DEMO_PROVIDER_SLUG, user)[count:]
-    expected += cost if answer.status_code == 200 else 0
+    if answer.status_code != 200:
+        _say(f"HTTP {answer.status_code}: {answer.text}")
+        return 1
+    expected += cost
     _say(
         f"HTTP {answer.status_code}: the service's SDK retried the charge with the same"
         " Idempotency-Key"
