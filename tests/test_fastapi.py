@@ -306,13 +306,24 @@ def test_no_secret_in_any_body_header_or_log_line(
                 answer = post(service, path, user)
                 seen.append(answer.text)
                 seen.extend(f"{k}: {v}" for k, v in answer.headers.items())
+        # A session that expired while cached (403), and an upstream that breaks.
+        expiring = service.user(session=False)
+        opened = service.sandbox.admin.open_session(DEMO_PROVIDER_SLUG, expiring)
+        service.tokens.append(opened.session_token)
+        seen.append(post(service, "/charge", expiring).text)
+        service.sandbox.admin.expire_session(opened.session_id)
+        seen.append(post(service, "/charge", expiring).text)
+        service.fail_at = 1
+        seen.append(post(service, "/stream", rich).text)
     seen.extend(r.getMessage() for r in caplog.records)
     seen.extend(repr(r.args) for r in caplog.records)
     everything = "\n".join(seen)
     assert "no_active_session" in everything
     assert "insufficient_balance" in everything
+    assert "session_expired" in everything
+    assert "upstream_error" in everything
     assert DEMO_API_KEY not in everything
-    assert len(service.tokens) == 2
+    assert len(service.tokens) == 3
     for secret in service.tokens:
         assert secret
         assert secret not in everything
@@ -379,3 +390,16 @@ def test_a_pending_session_is_waited_for_when_the_paywall_says_so(
         svc.url = url
         assert post(svc, "/charge", user).status_code == 200
     assert svc.ledger(user) == 100
+
+
+def test_an_sdk_chunk_is_sent_as_the_json_the_sdk_reads_back() -> None:
+    from openai.types.chat import ChatCompletionChunk
+
+    from knai.fastapi import sse_event
+
+    sent = ChatCompletionChunk.model_validate({**chunk("hi"), "created": 1})
+    event = sse_event(sent)
+    assert event.startswith(b"data: ")
+    assert event.endswith(b"\n\n")
+    assert ChatCompletionChunk.model_validate_json(event[6:-2]) == sent
+    assert sse_event({"a": 1}) == b'data: {"a":1}\n\n'
