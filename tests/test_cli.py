@@ -90,20 +90,29 @@ def test_help_lists_every_subcommand_and_exit_code() -> None:
         assert f"{code} {cls.__name__}" in " ".join(done.stdout.split())
 
 
-def test_demo_walks_the_readme_flow_and_exits_zero() -> None:
-    """`knai demo` (the README's first command) runs end to end on an embedded sandbox."""
+def test_demo_tells_the_end_users_story_and_exits_zero() -> None:
+    """`knai demo` (the README's first command): sandbox, FakeLLM and the paid chat
+    example on loopback; an end user from a 402 to a fault charged exactly once."""
     done = knai("demo")
     assert done.returncode == 0, done.stdout + done.stderr
-    for text in (
-        "wait_for_session",
-        "InsufficientBalanceError",
-        "after 1 retry",
-        "holds 1 charge for that key",
-        "SessionExpiredError",
+    steps = [
+        "HTTP 402 no_active_session: open a KNAI Wallet session",
+        "the user opens a session",
+        "HTTP 200: 'tell me a story tell me a story'",
+        "streamed: 'tell me a story tell me a story'",
+        "the stream ended with event: error 'insufficient_balance'",
+        "retried the charge with the same Idempotency-Key",
+        "the wallet holds 1 new charge",
         "ledger agrees: yes",
-    ):
-        assert text in done.stdout
+    ]
+    positions = [done.stdout.find(step) for step in steps]
+    assert -1 not in positions, done.stdout
+    assert positions == sorted(positions)
+    balances = [int(b) for b in re.findall(r"balance now (\d+)", done.stdout)]
+    assert balances == sorted(balances, reverse=True)
+    assert len(set(balances)) == 2  # it fell with each paid chat
     assert "session_token': '<redacted>'" in done.stdout
+    assert "sk-paid-chat-" not in done.stdout  # the end user's API key is not printed
 
 
 def test_demo_against_a_running_sandbox(sandbox_url: str) -> None:

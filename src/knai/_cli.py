@@ -351,9 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("demo", "sandbox"):
             from .testing._extra import EXTRA_MODULES, INSTALL_HINT
 
-            # Only serving a sandbox needs the extra: a demo against --base-url is httpx alone.
+            # Only serving needs the extra: a demo against --base-url is httpx alone
+            # (without the extra it skips the paid chat service, which fastapi serves).
             serves = args.command == "sandbox" or args.base_url is None
-            missing = [m for m in EXTRA_MODULES if serves and importlib.util.find_spec(m) is None]
+            needed = (*EXTRA_MODULES, "fastapi") if args.command == "demo" else EXTRA_MODULES
+            missing = [m for m in needed if serves and importlib.util.find_spec(m) is None]
             if missing:
                 print(
                     f"knai {args.command} needs the sandbox extra ({', '.join(missing)} missing):"

@@ -1,6 +1,8 @@
 """`knai demo`: the published README flow, run against a sandbox wallet.
 
-It starts an embedded sandbox on a loopback port (or uses `--base-url`),
+From a source checkout it tells an end user's story through the paid chat
+example (`_demo_story`). Installed without one, it starts an embedded sandbox
+on a loopback port (or uses `--base-url`),
 creates a wallet, lets its session become active after a short delay, and
 walks through waiting, charging, an insufficient balance, a charge retried
 under an injected dropped connection (applied exactly once), and an expired
@@ -81,6 +83,13 @@ def run_demo(base_url: str | None = None) -> int:
     with _wallet(base_url) as (url, admin):
         where = "embedded sandbox" if base_url is None else "sandbox"
         print(f"knai demo: {where} wallet at {url}")
+        from ._demo_story import example_builder, tell
+
+        build_app = example_builder()
+        if build_app is not None:
+            return tell(url, admin, build_app)
+        print("(no paid chat service here: it needs a source checkout and the sandbox extra;")
+        print(" the wallet steps as a provider sees them)")
         user = f"demo-{secrets.token_hex(3)}"
         admin.create_user(DEMO_PROVIDER_SLUG, user, balance=_START_BALANCE)
         opened = admin.open_session(DEMO_PROVIDER_SLUG, user, activate_after=_ACTIVATE_AFTER)

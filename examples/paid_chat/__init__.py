@@ -1,0 +1,1 @@
+"""An OpenAI-compatible chat endpoint that charges KNAI Wallet sessions (see app.py)."""
