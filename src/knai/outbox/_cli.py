@@ -21,7 +21,9 @@ from typing import Any
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     """Add the `outbox` command to the `knai` command's subparsers."""
     outbox = subparsers.add_parser("outbox", help="inspect and operate a charge outbox")
     actions = outbox.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
