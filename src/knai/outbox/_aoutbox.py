@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
 from collections.abc import Callable
@@ -195,4 +196,4 @@ class AsyncOutbox(OutboxBase["AsyncKNAIProvider"]):
 
 
 def _is_async(connection: object) -> bool:
-    return asyncio.iscoroutinefunction(getattr(connection, "execute", None))
+    return inspect.iscoroutinefunction(getattr(connection, "execute", None))
