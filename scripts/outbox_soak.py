@@ -101,8 +101,8 @@ class SoakReport:
             f"outbox crash soak: {c.store}, {c.workers} worker processes x {c.charges} charges,"
             f" fault rate {c.fault_rate:.2f}, seed {c.seed}",
             f"  charge() returned    {self.returned}",
-            f"  SIGKILLs             {self.kills} ({self.kills_while_charging} while charging,"
-            " the rest while sending; each worker restarted)",
+            f"  SIGKILLs             {self.kills} ({self.kills_while_charging} while the worker"
+            " was still charging; each worker restarted)",
             f"  sent                 {self.sent} (deliveries {self.attempts})",
             f"  dead (definite)      {sum(self.dead.values())} {dict(self.dead)}",
             f"  charge requests      {self.requests}",
