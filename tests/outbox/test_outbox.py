@@ -243,3 +243,84 @@ def test_synchronous_full_is_the_default_and_normal_is_a_choice(tmp_path: Path) 
     store.close()
     normal.close()
     assert sqlite3.sqlite_version
+
+
+class _ThreadRecordingStore(SQLiteStore):
+    """A SQLite store that notes the thread each of its calls runs on."""
+
+    threads: set[int]
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if name not in ("add", "claim", "settle", "get", "entries", "stats", "retry_dead"):
+            return value
+        import threading
+
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            self.threads.add(threading.get_ident())
+            return value(*args, **kwargs)
+
+        return recorded
+
+
+async def test_the_async_outbox_never_calls_the_store_on_the_event_loop_thread(
+    knai_sandbox_server: Any, token: str, tmp_path: Path
+) -> None:
+    import threading
+
+    from knai import AsyncKNAIProvider
+    from knai.outbox import AsyncOutbox
+    from knai.testing import DEMO_API_KEY
+
+    store = _ThreadRecordingStore(tmp_path / "o.db")
+    store.threads = set()
+    async with (
+        AsyncKNAIProvider(DEMO_API_KEY, SLUG, knai_sandbox_server.url) as provider,
+        AsyncOutbox(provider, store, poll_interval=0.05) as outbox,
+    ):
+        await outbox.charge(token, 1, "m", idempotency_key="k")
+        assert await outbox.drain(10)
+        await outbox.stats()
+        await outbox.pending()
+    assert store.threads
+    assert threading.get_ident() not in store.threads
+
+
+async def test_an_async_outbox_opens_its_store_only_when_first_used(
+    knai_sandbox_server: Any, tmp_path: Path
+) -> None:
+    from knai import AsyncKNAIProvider
+    from knai.outbox import AsyncOutbox
+    from knai.testing import DEMO_API_KEY
+
+    async with AsyncKNAIProvider(DEMO_API_KEY, SLUG, knai_sandbox_server.url) as provider:
+        outbox = AsyncOutbox(provider, tmp_path / "o.db")
+        assert not (tmp_path / "o.db").exists()
+        assert (await outbox.stats()).pending == 0
+        assert (tmp_path / "o.db").exists()
+        await outbox.aclose()
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"concurrency": 0}, "concurrency"),
+        ({"poll_interval": 0}, "poll_interval"),
+        ({"drain_timeout": -1}, "drain_timeout"),
+        ({"retry_backoff": (0, 1)}, "backoff"),
+    ],
+)
+def test_bad_outbox_options_are_refused_naming_them(
+    tmp_path: Path, options: dict[str, Any], match: str
+) -> None:
+    from knai import KNAIProvider
+    from knai.outbox import Outbox
+    from knai.testing import DEMO_API_KEY
+
+    with KNAIProvider(DEMO_API_KEY, SLUG, "http://127.0.0.1:9") as provider:
+        with pytest.raises(ValueError, match=match):
+            Outbox(provider, tmp_path / "o.db", **options)
+        with pytest.raises(TypeError, match="provider"):
+            Outbox("not a provider", tmp_path / "o.db")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="store"):
+            Outbox(provider, 42)  # type: ignore[arg-type]

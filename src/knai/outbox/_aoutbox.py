@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ._async_sender import AsyncSender
 from ._common import OutboxBase
 from ._entry import OutboxEntry, OutboxStats
+from ._open import open_store
 from ._store import Store
 
 if TYPE_CHECKING:
@@ -57,8 +58,11 @@ class AsyncOutbox(OutboxBase["AsyncKNAIProvider"]):
             poll_interval=poll_interval,
             retry_backoff=retry_backoff,
             drain_timeout=drain_timeout,
+            # Opening a store connects or creates a file: done in a thread, on first use.
+            open_now=False,
         )
         self._sender: AsyncSender | None = None
+        self._opening = asyncio.Lock()
 
     async def charge(
         self,
@@ -76,14 +80,15 @@ class AsyncOutbox(OutboxBase["AsyncKNAIProvider"]):
         """
         key = self._checked_key(session_token, amount_tokens, model, idempotency_key)
         self._resume_after_fork()
-        add_async = getattr(self.store, "add_async", None)
+        store = await self._ready()
+        add_async = getattr(store, "add_async", None)
         if connection is not None and add_async is not None and _is_async(connection):
             entry: OutboxEntry = await add_async(
                 key, session_token, amount_tokens, model, connection=connection
             )
         else:
             entry = await asyncio.to_thread(
-                self.store.add, key, session_token, amount_tokens, model, connection=connection
+                store.add, key, session_token, amount_tokens, model, connection=connection
             )
         if self._sender is not None and connection is None:
             self._sender.wake()
@@ -92,7 +97,8 @@ class AsyncOutbox(OutboxBase["AsyncKNAIProvider"]):
     async def retry_dead(self, key: str, *, session_token: str | None = None) -> OutboxEntry:
         """Resend a dead charge under a derived key. See `Outbox.retry_dead`."""
         self._resume_after_fork()
-        entry = await asyncio.to_thread(self.store.retry_dead, key, session_token)
+        store = await self._ready()
+        entry = await asyncio.to_thread(store.retry_dead, key, session_token)
         if self._sender is not None:
             self._sender.wake()
         return entry
@@ -101,9 +107,10 @@ class AsyncOutbox(OutboxBase["AsyncKNAIProvider"]):
         """Start the sender on the running loop; it resumes what a crashed process left."""
         if self._sender is not None and self._sender.alive:
             return
+        store = await self._ready()
         self._sender = AsyncSender(
             self._provider,
-            self.store,
+            store,
             concurrency=self.concurrency,
             poll_interval=self.poll_interval,
             backoff=self._backoff,
@@ -140,26 +147,34 @@ class AsyncOutbox(OutboxBase["AsyncKNAIProvider"]):
     async def aclose(self) -> None:
         """`stop()`, then close the store and any provider built by this outbox."""
         await self.stop()
-        await asyncio.to_thread(self.store.close)
+        if self._store is not None:
+            await asyncio.to_thread(self._store.close)
         made, self._made = self._made, None
         if made is not None:
             await made.aclose()
 
     async def pending(self) -> list[OutboxEntry]:
         """Charges not yet settled, in flight included, oldest first."""
-        return await asyncio.to_thread(self.store.entries, "pending")
+        return await asyncio.to_thread((await self._ready()).entries, "pending")
 
     async def dead(self) -> list[OutboxEntry]:
         """Charges the wallet refused, oldest first, each with its `error`."""
-        return await asyncio.to_thread(self.store.entries, "dead")
+        return await asyncio.to_thread((await self._ready()).entries, "dead")
 
     async def get(self, key: str) -> OutboxEntry | None:
         """The entry under `key`, or None."""
-        return await asyncio.to_thread(self.store.get, key)
+        return await asyncio.to_thread((await self._ready()).get, key)
 
     async def stats(self) -> OutboxStats:
         """Counts of pending, sent and dead charges, and the oldest pending one's age."""
-        return await asyncio.to_thread(self.store.stats)
+        return await asyncio.to_thread((await self._ready()).stats)
+
+    async def _ready(self) -> Store:
+        if self._store is None:
+            async with self._opening:
+                if self._store is None:
+                    self._store = await asyncio.to_thread(open_store, self._spec)
+        return self._store
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -174,10 +189,10 @@ class AsyncOutbox(OutboxBase["AsyncKNAIProvider"]):
         await self.aclose()
 
     def _resume_after_fork(self) -> None:
-        if self._forked():
+        if self._forked() and self._store is not None:
             self._sender = AsyncSender(
                 self._provider,
-                self.store,
+                self._store,
                 concurrency=self.concurrency,
                 poll_interval=self.poll_interval,
                 backoff=self._backoff,

@@ -31,6 +31,7 @@ class OutboxBase(Generic[P]):
         poll_interval: float,
         retry_backoff: tuple[float, float],
         drain_timeout: float,
+        open_now: bool = True,
     ) -> None:
         if isinstance(provider, provider_type):
             self._given: P | None = provider
@@ -50,7 +51,8 @@ class OutboxBase(Generic[P]):
         if not drain_timeout >= 0:
             raise ValueError(f"drain_timeout must be >= 0, got {drain_timeout!r}")
         self._backoff = Backoff(*retry_backoff)
-        self.store: Store = open_store(store)
+        self._spec = store
+        self._store: Store | None = open_store(store) if open_now else None
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.drain_timeout = drain_timeout
@@ -60,7 +62,14 @@ class OutboxBase(Generic[P]):
         register(self)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(store={self.store!r})"
+        return f"{type(self).__name__}(store={self._store or self._spec!r})"
+
+    @property
+    def store(self) -> Store:
+        """The store (opened on first use if the outbox was built with a path or URL)."""
+        if self._store is None:
+            self._store = open_store(self._spec)
+        return self._store
 
     def _provider(self) -> P:
         if self._given is not None:
@@ -93,7 +102,8 @@ class OutboxBase(Generic[P]):
         return restart
 
     def _fork_reset(self, was_running: bool) -> None:
-        self.store.after_fork()
+        if self._store is not None:
+            self._store.after_fork()
         # A provider this outbox built holds the parent's sockets: build another,
         # and keep the old one referenced so that no close() touches them.
         if self._made is not None:

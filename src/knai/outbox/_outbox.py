@@ -104,6 +104,8 @@ class Outbox(OutboxBase["KNAIProvider"]):
         Raises:
             ValueError: An argument is malformed, or the key holds another charge.
             TypeError: An argument has the wrong type.
+            sqlite3.Error, psycopg.Error: The store could not commit it; the
+                charge is not stored (charge it again, or inline).
         """
         key = self._checked_key(session_token, amount_tokens, model, idempotency_key)
         self._resume_after_fork()

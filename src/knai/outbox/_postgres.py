@@ -94,7 +94,7 @@ class PostgresStore:
         return f"PostgresStore(table={self.table!r})"
 
     def _db(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
+        if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = self._psycopg.connect(self._url, autocommit=True)
         return self._conn
 
