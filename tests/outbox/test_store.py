@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from knai.outbox import OutboxEntry
+from knai.outbox import OutboxEntry, SQLiteStore
 from knai.outbox._store import Outcome
 from tests.outbox.conftest import Backend
 
@@ -197,3 +199,24 @@ def test_stats_count_each_state_and_age_the_oldest_pending(backend: Backend) -> 
     assert stats.oldest_pending_age is not None
     assert stats.oldest_pending_age >= 0
     assert [e.idempotency_key for e in store.entries("pending")] == ["c"]
+
+
+def test_an_existing_sqlite_file_readable_by_others_is_warned_about_not_changed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "shared.db"
+    path.touch(mode=0o644)
+    path.chmod(0o644)
+    SQLiteStore(path).close()
+    assert "mode 644" in caplog.text
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_missing_postgresql_binaries_fail_with_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.outbox import _postgres_server
+
+    monkeypatch.setattr(_postgres_server, "bin_dir", lambda: None)
+    with pytest.raises(RuntimeError, match=r"install-postgres"), _postgres_server.postgres_server():
+        pass

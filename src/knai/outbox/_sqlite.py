@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from ._deliver import logger
 from ._entry import OutboxEntry, OutboxStats, build_entry
 from ._store import Claim, Outcome, check_same, derived_key
 
@@ -118,7 +119,16 @@ class SQLiteStore:
         # Create the file ourselves so it is 0600 from its first byte; SQLite
         # gives the -wal and -shm files the database file's permissions.
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
+        try:
+            mode = os.fstat(fd).st_mode & 0o777
+        finally:
+            os.close(fd)
+        if mode & 0o077:
+            logger.warning(
+                "outbox: %s is mode %o: others may read the session tokens it holds (chmod 600 it)",
+                self.path,
+                mode,
+            )
         conn = sqlite3.connect(
             self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
