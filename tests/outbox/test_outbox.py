@@ -7,6 +7,7 @@ own ledger of charges.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import stat
 from collections.abc import Callable
@@ -324,3 +325,20 @@ def test_bad_outbox_options_are_refused_naming_them(
             Outbox("not a provider", tmp_path / "o.db")  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="store"):
             Outbox(provider, 42)  # type: ignore[arg-type]
+
+
+async def test_a_delivery_still_in_flight_at_stop_is_settled_or_handed_on_never_stuck(
+    make_outbox: Make, admin: SandboxAdmin, token: str, tmp_path: Path
+) -> None:
+    """Sync: the delivery finishes on its own. Async: it is cancelled and its lease given up."""
+    admin.inject_fault("charge", delay=1.5)
+    first = make_outbox(tmp_path / "o.db")
+    await first.start()
+    await first.charge(token, 3, "m", idempotency_key="slow")
+    while (await first.get("slow")).attempts == 0:  # type: ignore[union-attr]
+        await asyncio.sleep(0.01)
+    assert await first.stop(0.2) is False
+    second = make_outbox(tmp_path / "o.db")
+    assert await second.drain(10)
+    await asyncio.sleep(1.5)  # a cancelled request the server still applies lands first
+    assert ledger_keys(admin) == ["slow"]

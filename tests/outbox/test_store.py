@@ -220,3 +220,16 @@ def test_missing_postgresql_binaries_fail_with_what_to_install(
     monkeypatch.setattr(_postgres_server, "bin_dir", lambda: None)
     with pytest.raises(RuntimeError, match=r"install-postgres"), _postgres_server.postgres_server():
         pass
+
+
+def test_exchange_settles_and_claims_in_one_call(backend: Backend) -> None:
+    store = backend.make()
+    store.add("a", TOKEN, 1, "m")
+    store.claim(1)
+    store.add("b", TOKEN, 2, "m")
+    claims = store.exchange([Outcome("a", "a", "sent", result_json="{}")], 5)
+    assert [c.key for c in claims] == ["b"]
+    entry = store.get("a")
+    assert entry is not None
+    assert entry.state == "sent"
+    assert store.exchange([], 5) == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -62,12 +61,16 @@ class AsyncSender:
             return True
         done, _ = await asyncio.wait({task}, timeout=timeout)
         if not done:
-            # Cancelled deliveries keep their leases; the rows stay pending.
+            # The rows of cancelled deliveries stay pending; their leases are
+            # given up so that the next start (here or elsewhere) resends them.
             task.cancel()
             for delivery in list(self._deliveries):
                 delivery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task, *self._deliveries}, timeout=1.0)
+            try:
+                await asyncio.to_thread(self._store.release)
+            except Exception as exc:
+                logger.error("outbox: cannot release leases (%s): %s", type(exc).__name__, exc)
             return False
         return True
 
@@ -86,19 +89,24 @@ class AsyncSender:
         self._events.put_nowait(outcome)
 
     async def _run(self) -> None:
-        in_flight = 0
+        # In flight = the delivery tasks still running: a cancelled one leaves
+        # the set without sending an outcome, so the count cannot drift.
         unsettled: list[Outcome] = []
+        loop = asyncio.get_running_loop()
         while True:
-            if unsettled and await self._settle(unsettled):
-                unsettled = []
-            if self._stopping and in_flight == 0 and not unsettled:
+            free = 0 if self._stopping else self._concurrency - len(self._deliveries)
+            if unsettled or free > 0:
+                # One transaction records what came back and claims what is due.
+                claims = await self._exchange(unsettled, free)
+                if claims is not None:
+                    unsettled = []
+                    for claim in claims:
+                        task = loop.create_task(self._deliver(claim))
+                        self._deliveries.add(task)
+                        task.add_done_callback(self._deliveries.discard)
+            idle = not self._deliveries and self._events.empty()
+            if self._stopping and idle and not unsettled:
                 break
-            if not self._stopping and in_flight < self._concurrency:
-                for claim in await self._claim(self._concurrency - in_flight):
-                    task = asyncio.get_running_loop().create_task(self._deliver(claim))
-                    self._deliveries.add(task)
-                    task.add_done_callback(self._deliveries.discard)
-                    in_flight += 1
             try:
                 event = await asyncio.wait_for(self._events.get(), self._poll)
             except asyncio.TimeoutError:
@@ -106,28 +114,17 @@ class AsyncSender:
             events = [event]
             while not self._events.empty():
                 events.append(self._events.get_nowait())
-            for item in events:
-                if item is not None:
-                    unsettled.append(item)
-                    in_flight -= 1
+            unsettled.extend(item for item in events if item is not None)
         try:
             await asyncio.to_thread(self._store.release)
         except Exception as exc:
             logger.error("outbox: cannot release leases (%s): %s", type(exc).__name__, exc)
 
-    async def _claim(self, limit: int) -> list[Claim]:
+    async def _exchange(self, outcomes: list[Outcome], limit: int) -> list[Claim] | None:
         try:
-            return await asyncio.to_thread(self._store.claim, limit)
+            return await asyncio.to_thread(self._store.exchange, list(outcomes), limit)
         except Exception as exc:
-            logger.error("outbox: cannot claim from the store (%s): %s", type(exc).__name__, exc)
+            # The leases keep the rows; the outcomes are retried on the next turn.
+            logger.error("outbox: store call failed (%s): %s", type(exc).__name__, exc)
             await asyncio.sleep(_STORE_ERROR_PAUSE)
-            return []
-
-    async def _settle(self, outcomes: list[Outcome]) -> bool:
-        try:
-            await asyncio.to_thread(self._store.settle, list(outcomes))
-        except Exception as exc:
-            logger.error("outbox: cannot settle in the store (%s): %s", type(exc).__name__, exc)
-            await asyncio.sleep(_STORE_ERROR_PAUSE)
-            return False
-        return True
+            return None

@@ -162,56 +162,61 @@ class PostgresStore:
 
     def claim(self, limit: int) -> list[Claim]:
         """Lease up to `limit` due pending charges, skipping rows other senders hold."""
-        t = self.table
-        with self._lock:
-            owner = self._owner_id()
-            rows = (
-                self._db()
-                .execute(
-                    f"WITH live AS (SELECT objid::bigint AS owner FROM pg_locks"  # noqa: S608
-                    " WHERE locktype = 'advisory' AND classid::bigint = %(space)s"
-                    " AND objsubid = 2 AND granted)"
-                    f" , claimed AS (UPDATE {t} SET owner = %(me)s,"
-                    f" lease_until = {_NOW} + %(lease)s,"
-                    f" attempts = attempts + 1, updated_at = {_NOW}"
-                    f" WHERE key IN (SELECT key FROM {t} WHERE state = 'pending'"
-                    f" AND next_attempt_at <= {_NOW} AND session_token IS NOT NULL"
-                    f" AND (owner IS NULL OR lease_until < {_NOW}"
-                    " OR owner NOT IN (SELECT owner FROM live))"
-                    " ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
-                    " RETURNING key, send_key, session_token, amount_tokens, model, attempts,"
-                    " created_at) SELECT key, send_key, session_token, amount_tokens, model,"
-                    " attempts FROM claimed ORDER BY created_at",
-                    {"space": _LOCK_SPACE, "me": owner, "lease": self.lease, "limit": limit},
-                )
-                .fetchall()
-            )
-        return [Claim(r[0], r[1], r[2], int(r[3]), r[4], int(r[5])) for r in rows]
+        return self.exchange((), limit)
 
     def settle(self, outcomes: Sequence[Outcome]) -> None:
         """Record outcomes in one transaction (see `Store.settle`)."""
-        if not outcomes:
-            return
+        if outcomes:
+            self.exchange(outcomes, 0)
+
+    def exchange(self, outcomes: Sequence[Outcome], limit: int) -> list[Claim]:
+        """`settle(outcomes)` then `claim(limit)`, in one transaction."""
         t = self.table
+        rows: list[Any] = []
         with self._lock:
+            owner = self._owner_id()
             db = self._db()
             with db.transaction():
                 for o in outcomes:
-                    if o.state == "pending":
-                        db.execute(
-                            f"UPDATE {t} SET owner = NULL, lease_until = NULL,"  # noqa: S608
-                            f" next_attempt_at = %s, updated_at = {_NOW} WHERE key = %s"
-                            " AND send_key = %s AND state = 'pending' AND owner = %s",
-                            (o.retry_at, o.key, o.send_key, self._owner),
-                        )
-                        continue
-                    db.execute(
-                        f"UPDATE {t} SET state = %s, result = %s, error = %s,"  # noqa: S608
-                        " session_token = CASE WHEN %s THEN NULL ELSE session_token END,"
-                        f" owner = NULL, lease_until = NULL, updated_at = {_NOW}"
-                        " WHERE key = %s AND send_key = %s AND state = 'pending'",
-                        (o.state, o.result_json, o.error_json, o.purge_token, o.key, o.send_key),
-                    )
+                    self._settle_one(db, o)
+                if limit > 0:
+                    rows = db.execute(
+                        f"WITH live AS (SELECT objid::bigint AS owner FROM pg_locks"  # noqa: S608
+                        " WHERE locktype = 'advisory' AND classid::bigint = %(space)s"
+                        " AND objsubid = 2 AND granted)"
+                        f" , claimed AS (UPDATE {t} SET owner = %(me)s,"
+                        f" lease_until = {_NOW} + %(lease)s,"
+                        f" attempts = attempts + 1, updated_at = {_NOW}"
+                        f" WHERE key IN (SELECT key FROM {t} WHERE state = 'pending'"
+                        f" AND next_attempt_at <= {_NOW} AND session_token IS NOT NULL"
+                        f" AND (owner IS NULL OR lease_until < {_NOW}"
+                        " OR owner NOT IN (SELECT owner FROM live))"
+                        " ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+                        " RETURNING key, send_key, session_token, amount_tokens, model,"
+                        " attempts, created_at) SELECT key, send_key, session_token,"
+                        " amount_tokens, model, attempts FROM claimed ORDER BY created_at",
+                        {"space": _LOCK_SPACE, "me": owner, "lease": self.lease, "limit": limit},
+                    ).fetchall()
+        return [Claim(r[0], r[1], r[2], int(r[3]), r[4], int(r[5])) for r in rows]
+
+    def _settle_one(self, db: psycopg.Connection[Any], o: Outcome) -> None:
+        t = self.table
+        if o.state == "pending":
+            # Only this sender's own lease is released: another may hold it by now.
+            db.execute(
+                f"UPDATE {t} SET owner = NULL, lease_until = NULL,"  # noqa: S608
+                f" next_attempt_at = %s, updated_at = {_NOW} WHERE key = %s"
+                " AND send_key = %s AND state = 'pending' AND owner = %s",
+                (o.retry_at, o.key, o.send_key, self._owner),
+            )
+            return
+        db.execute(
+            f"UPDATE {t} SET state = %s, result = %s, error = %s,"  # noqa: S608
+            " session_token = CASE WHEN %s THEN NULL ELSE session_token END,"
+            f" owner = NULL, lease_until = NULL, updated_at = {_NOW}"
+            " WHERE key = %s AND send_key = %s AND state = 'pending'",
+            (o.state, o.result_json, o.error_json, o.purge_token, o.key, o.send_key),
+        )
 
     def retry_dead(self, key: str, session_token: str | None = None) -> OutboxEntry:
         """Make a dead charge pending under its next derived key (see `Store.retry_dead`)."""

@@ -97,14 +97,17 @@ class SyncSender:
         unsettled: list[Outcome] = []
         try:
             while True:
-                if unsettled and self._settle(unsettled):
-                    unsettled = []
+                free = 0 if self._stopping.is_set() else self._concurrency - in_flight
+                if unsettled or free > 0:
+                    # One transaction records what came back and claims what is due.
+                    claims = self._exchange(unsettled, free)
+                    if claims is not None:
+                        unsettled = []
+                        for claim in claims:
+                            self._claims.put(claim)
+                            in_flight += 1
                 if self._stopping.is_set() and in_flight == 0 and not unsettled:
                     break
-                if not self._stopping.is_set() and in_flight < self._concurrency:
-                    for claim in self._claim(self._concurrency - in_flight):
-                        self._claims.put(claim)
-                        in_flight += 1
                 try:
                     event = self._events.get(timeout=self._poll)
                 except queue.Empty:
@@ -124,23 +127,14 @@ class SyncSender:
             for _ in range(self._concurrency):
                 self._claims.put(None)
 
-    def _claim(self, limit: int) -> list[Claim]:
+    def _exchange(self, outcomes: list[Outcome], limit: int) -> list[Claim] | None:
         try:
-            return self._store.claim(limit)
-        except Exception as exc:
-            logger.error("outbox: cannot claim from the store (%s): %s", type(exc).__name__, exc)
-            time.sleep(_STORE_ERROR_PAUSE)
-            return []
-
-    def _settle(self, outcomes: list[Outcome]) -> bool:
-        try:
-            self._store.settle(outcomes)
+            return self._store.exchange(outcomes, limit)
         except Exception as exc:
             # The leases keep the rows; the outcomes are retried on the next turn.
-            logger.error("outbox: cannot settle in the store (%s): %s", type(exc).__name__, exc)
+            logger.error("outbox: store call failed (%s): %s", type(exc).__name__, exc)
             time.sleep(_STORE_ERROR_PAUSE)
-            return False
-        return True
+            return None
 
     def _release(self) -> None:
         try:

@@ -170,67 +170,42 @@ class SQLiteStore:
 
     def claim(self, limit: int) -> list[Claim]:
         """Lease up to `limit` due pending charges, oldest first."""
-        now = time.time()
-        with self._lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = db.execute(
-                    "SELECT key, send_key, session_token, amount_tokens, model, attempts"
-                    " FROM knai_outbox WHERE state = 'pending' AND next_attempt_at <= ?"
-                    " AND session_token IS NOT NULL"
-                    " AND (owner IS NULL OR lease_until < ? OR NOT knai_alive(owner_pid))"
-                    " ORDER BY created_at LIMIT ?",
-                    (now, now, limit),
-                ).fetchall()
-                db.executemany(
-                    "UPDATE knai_outbox SET owner = ?, owner_pid = ?, lease_until = ?,"
-                    " attempts = attempts + 1, updated_at = ? WHERE key = ?",
-                    [(self._owner, self._pid, now + self.lease, now, r[0]) for r in rows],
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        return [Claim(r[0], r[1], r[2], r[3], r[4], r[5] + 1) for r in rows]
+        return self.exchange((), limit)
 
     def settle(self, outcomes: Sequence[Outcome]) -> None:
         """Record outcomes in one transaction (see `Store.settle`)."""
-        if not outcomes:
-            return
+        if outcomes:
+            self.exchange(outcomes, 0)
+
+    def exchange(self, outcomes: Sequence[Outcome], limit: int) -> list[Claim]:
+        """`settle(outcomes)` then `claim(limit)`, in one transaction (one fsync)."""
         now = time.time()
         with self._lock:
             db = self._db()
             db.execute("BEGIN IMMEDIATE")
             try:
                 for o in outcomes:
-                    if o.state == "pending":
-                        db.execute(
-                            "UPDATE knai_outbox SET owner = NULL, owner_pid = NULL,"
-                            " lease_until = NULL, next_attempt_at = ?, updated_at = ?"
-                            " WHERE key = ? AND send_key = ? AND state = 'pending' AND owner = ?",
-                            (o.retry_at, now, o.key, o.send_key, self._owner),
-                        )
-                        continue
-                    db.execute(
-                        "UPDATE knai_outbox SET state = ?, result = ?, error = ?,"
-                        " session_token = CASE WHEN ? THEN NULL ELSE session_token END,"
-                        " owner = NULL, owner_pid = NULL, lease_until = NULL, updated_at = ?"
-                        " WHERE key = ? AND send_key = ? AND state = 'pending'",
-                        (
-                            o.state,
-                            o.result_json,
-                            o.error_json,
-                            o.purge_token,
-                            now,
-                            o.key,
-                            o.send_key,
-                        ),
+                    _settle_one(db, o, now, self._owner)
+                rows = []
+                if limit > 0:
+                    rows = db.execute(
+                        "SELECT key, send_key, session_token, amount_tokens, model, attempts"
+                        " FROM knai_outbox WHERE state = 'pending' AND next_attempt_at <= ?"
+                        " AND session_token IS NOT NULL"
+                        " AND (owner IS NULL OR lease_until < ? OR NOT knai_alive(owner_pid))"
+                        " ORDER BY created_at LIMIT ?",
+                        (now, now, limit),
+                    ).fetchall()
+                    db.executemany(
+                        "UPDATE knai_outbox SET owner = ?, owner_pid = ?, lease_until = ?,"
+                        " attempts = attempts + 1, updated_at = ? WHERE key = ?",
+                        [(self._owner, self._pid, now + self.lease, now, r[0]) for r in rows],
                     )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+        return [Claim(r[0], r[1], r[2], r[3], r[4], r[5] + 1) for r in rows]
 
     def retry_dead(self, key: str, session_token: str | None = None) -> OutboxEntry:
         """Make a dead charge pending under its next derived key (see `Store.retry_dead`)."""
@@ -328,6 +303,25 @@ class SQLiteStore:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
+
+
+def _settle_one(db: sqlite3.Connection, o: Outcome, now: float, owner: str) -> None:
+    if o.state == "pending":
+        # Only this sender's own lease is released: another may hold it by now.
+        db.execute(
+            "UPDATE knai_outbox SET owner = NULL, owner_pid = NULL, lease_until = NULL,"
+            " next_attempt_at = ?, updated_at = ?"
+            " WHERE key = ? AND send_key = ? AND state = 'pending' AND owner = ?",
+            (o.retry_at, now, o.key, o.send_key, owner),
+        )
+        return
+    db.execute(
+        "UPDATE knai_outbox SET state = ?, result = ?, error = ?,"
+        " session_token = CASE WHEN ? THEN NULL ELSE session_token END,"
+        " owner = NULL, owner_pid = NULL, lease_until = NULL, updated_at = ?"
+        " WHERE key = ? AND send_key = ? AND state = 'pending'",
+        (o.state, o.result_json, o.error_json, o.purge_token, now, o.key, o.send_key),
+    )
 
 
 def _check_retryable(key: str, row: Any, session_token: str | None) -> None:

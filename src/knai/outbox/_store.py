@@ -83,6 +83,10 @@ class Store(Protocol):
         """Record delivered outcomes and release their leases, in one transaction."""
         ...
 
+    def exchange(self, outcomes: Sequence[Outcome], limit: int) -> list[Claim]:
+        """`settle(outcomes)`, then `claim(limit)`, in one transaction (the sender's turn)."""
+        ...
+
     def get(self, key: str) -> OutboxEntry | None:
         """The entry under `key`, or None."""
         ...
