@@ -3,10 +3,11 @@
 Worker processes charge a sandbox wallet (served by this process) through an
 `Outbox`, each running its own sender, while about `--fault-rate` of the
 charge requests fail: statuses the SDK retries, answers slower than its
-timeout, connections dropped before or after the debit, and a few definite
-refusals (402). Each worker logs a key once `charge()` has returned. At random
-moments a worker is killed with SIGKILL and started again; a restarted worker
-re-charges the key it may have been storing (same key, same charge) and goes on.
+timeout, connections dropped before or after the debit; and a few charges
+exceed the balance (definite 402 refusals). Each worker logs a key once
+`charge()` has returned. At random moments a worker is killed with SIGKILL
+and started again; a restarted worker re-charges the key it may have been
+storing (same key, same charge) and goes on.
 Then the faults stop and the store is drained. Afterwards:
 
 - every key whose `charge()` returned is in the store, and nothing is pending;
@@ -56,8 +57,12 @@ FAULT_KINDS = (
     "delay",
     "drop-before",
     "drop-after",
-    "status-402",
 )
+# Every OVERSIZED-th charge is more than the wallet holds: a real 402, which the
+# wallet records under its key like any answer. (An injected 402 would not be:
+# it could refuse the replay of a charge already applied, which no wallet that
+# honours Idempotency-Key does.)
+OVERSIZED = 37
 _MAX_QUEUED = 8
 
 
@@ -143,7 +148,8 @@ def worker(spec: dict[str, Any]) -> int:
     with log.open("a") as out:
         for i in range(start, spec["charges"]):
             key = f"w{spec['worker']}-{i}"
-            outbox.charge(spec["token"], 1 + i % 97, "gpt-4", idempotency_key=key)
+            amount = START_BALANCE + 1 if i % OVERSIZED == 5 else 1 + i % 97
+            outbox.charge(spec["token"], amount, "gpt-4", idempotency_key=key)
             out.write(key + "\n")
             out.flush()
     outbox.drain(spec["drain"])
@@ -235,7 +241,7 @@ def run_soak(config: SoakConfig) -> SoakReport:
             deadline = time.monotonic() + config.time_limit
             try:
                 while report.kills < config.kills and time.monotonic() < deadline:
-                    time.sleep(rng.uniform(0.1, 0.8))
+                    time.sleep(rng.uniform(0.05, 0.5))
                     alive = [n for n, p in enumerate(procs) if p.poll() is None]
                     if not alive:
                         break
