@@ -139,6 +139,10 @@ def _parser() -> argparse.ArgumentParser:
     charge.add_argument("--amount", type=int, required=True, help="tokens to charge")
     charge.add_argument("--model", required=True, help="model id, e.g. gpt-4")
     charge.add_argument("--idempotency-key", help="replay-safe key (default: a new UUID)")
+
+    from .outbox._cli import add_parser as add_outbox_parser
+
+    add_outbox_parser(sub)
     return parser
 
 
@@ -366,6 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "demo":
                 return _run_demo(args.base_url)
             return _run_sandbox(args.host, args.port, args.allow_remote)
+        if args.command == "outbox":
+            from .outbox._cli import run as run_outbox
+
+            return run_outbox(args, lambda document: _emit(sys.stdout, document))
         _emit(sys.stdout, _run_api(args))
     except (ValueError, errors.KNAIError) as exc:
         _emit(sys.stderr, _error_document(exc))
