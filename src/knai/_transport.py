@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from collections.abc import Generator
 from typing import TypeVar
 
@@ -75,7 +74,7 @@ class SyncDriver(_Driver):
 
     @staticmethod
     def _pause(step: Pause) -> Reply:
-        (time.sleep if step.policy is None else step.policy.sleep)(step.seconds)
+        step.policy.sleep(step.seconds)
         return None
 
     def _exchange(self, step: Send) -> Reply:
@@ -114,7 +113,7 @@ class AsyncDriver(_Driver):
             if isinstance(step, Send):
                 todo.reply = await self._exchange(step)
             else:
-                await (asyncio.sleep if step.policy is None else step.policy.asleep)(step.seconds)
+                await step.policy.asleep(step.seconds)
                 todo.reply = None
         return todo.result
 
