@@ -27,7 +27,7 @@ from ._errors import (
     ServerError,
     SessionExpiredError,
 )
-from ._redact import REDACTED, scrub
+from ._redact import scrub, scrub_bytes
 from ._retry import parse_retry_after
 from ._types import Call
 
@@ -127,13 +127,6 @@ class Body:
         return None
 
 
-def _scrub_bytes(raw: bytes, secrets: tuple[str, ...]) -> bytes:
-    for secret in secrets:
-        if secret:
-            raw = raw.replace(secret.encode(), REDACTED.encode())
-    return raw
-
-
 def _cut(message: str) -> str:
     return message[:MAX_MESSAGE] + "..." if len(message) > MAX_MESSAGE else message
 
@@ -231,7 +224,7 @@ def scrub_error(exc: KNAIError, secrets: tuple[str, ...]) -> KNAIError:
     exc.args = tuple(scrub(a, secrets) if isinstance(a, str) else a for a in exc.args)
     exc.response_body = scrub(exc.response_body, secrets)
     if isinstance(exc, ResponseValidationError):
-        exc.raw_body = _scrub_bytes(exc.raw_body, secrets)
+        exc.raw_body = scrub_bytes(exc.raw_body, secrets)
     if exc.headers is not None and any(
         secret and secret in value for value in exc.headers.values() for secret in secrets
     ):
