@@ -77,7 +77,7 @@ def every_field(error: KNAIError) -> list[str]:
         seen += [str(exc), repr(exc), *strings(exc.args)]
         if isinstance(exc, KNAIError):
             seen += [*strings(exc.message), *strings(exc.response_body)]
-            seen += [f"{k}: {v}" for k, v in (exc.headers or {}).items()]
+            seen += [f"{k}: {v}" for k, v in (exc.headers or httpx.Headers()).multi_items()]
         if isinstance(exc, ResponseValidationError):
             seen += [*strings(exc.raw_body)]
         exc = exc.__cause__ or exc.__context__
@@ -96,7 +96,8 @@ async def test_an_echoed_api_key_is_scrubbed_in_every_form_and_shape(
     twin: Twin, api: respx.MockRouter, form: int, shape: str
 ) -> None:
     status, body = bodies(forms(API_KEY)[form])[shape]
-    api.get(STATUS).mock(return_value=reply(status, body, {"x-echo": API_KEY}))
+    echo = forms(API_KEY)[form]
+    api.get(STATUS).mock(return_value=reply(status, body, {"x-echo": echo, "x-seen": echo}))
     with pytest.raises(KNAIError) as info:
         await twin.get_session("user123")
     assert_scrubbed(info.value, API_KEY)

@@ -225,8 +225,9 @@ def scrub_error(exc: KNAIError, secrets: tuple[str, ...]) -> KNAIError:
     exc.response_body = scrub(exc.response_body, secrets)
     if isinstance(exc, ResponseValidationError):
         exc.raw_body = scrub_bytes(exc.raw_body, secrets)
-    if exc.headers is not None and any(
-        secret and secret in value for value in exc.headers.values() for secret in secrets
-    ):
-        exc.headers = httpx.Headers({k: scrub(v, secrets) for k, v in exc.headers.items()})
+    if exc.headers is not None:
+        headers = httpx.Headers(exc.headers)
+        scrubbed = [(k, scrub(v, secrets)) for k, v in headers.multi_items()]
+        if scrubbed != headers.multi_items():  # in any form, as the body (`_redact`)
+            exc.headers = httpx.Headers(scrubbed)
     return exc
