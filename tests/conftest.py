@@ -80,6 +80,37 @@ def recording(sleeps: list[float], **options: Any) -> RetryPolicy:
     return RetryPolicy(sleep=sleeps.append, asleep=asleep, **options)
 
 
+class FakeTime:
+    """A monotonic clock that moves only when the client sleeps: waits take no real time.
+
+    `policy()` puts it on every seam a client has (clock, sleep, asleep); `sleeps` are
+    the pauses asked for, retries' and polls' alike, in order.
+    """
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    async def asleep(self, seconds: float) -> None:
+        self.sleep(seconds)
+
+    def policy(self, **options: Any) -> RetryPolicy:
+        return RetryPolicy(clock=self.clock, sleep=self.sleep, asleep=self.asleep, **options)
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    """Fake time for one test: pass `fake_time.policy()` as a client's `retry=`."""
+    return FakeTime()
+
+
 @pytest.fixture
 def api() -> Iterator[respx.MockRouter]:
     """A respx router standing in for the KNAI API; every request must match a route."""

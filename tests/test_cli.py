@@ -199,6 +199,30 @@ def test_charge_errors_have_distinct_exit_codes(
     assert admin.balance(DEMO_PROVIDER_SLUG, user) == 1_000
 
 
+def test_credentials_from_the_environment_lose_surrounding_whitespace(
+    env: dict[str, str], admin: SandboxAdmin, user: str
+) -> None:
+    """An env file's CR or tab around the key, the slug or the session token is not a typo."""
+    token = admin.open_session(DEMO_PROVIDER_SLUG, user).session_token
+    run_env = {
+        **env,
+        "KNAI_API_KEY": f" {DEMO_API_KEY}\t",
+        "KNAI_PROVIDER_SLUG": f"{DEMO_PROVIDER_SLUG}\r\n",
+        "KNAI_SESSION_TOKEN": f"{token}\r\n",
+    }
+    done = knai("charge", "--amount", "10", "--model", "gpt-4", env=run_env)
+    assert done.returncode == 0, done.stderr
+    assert admin.balance(DEMO_PROVIDER_SLUG, user) == 990
+
+
+def test_a_blank_session_token_reads_as_not_set(env: dict[str, str]) -> None:
+    done = knai(
+        "charge", "--amount", "10", "--model", "gpt-4", env={**env, "KNAI_SESSION_TOKEN": " \n"}
+    )
+    assert done.returncode == 2
+    assert "KNAI_SESSION_TOKEN is not set" in _json(done.stderr)["error"]["message"]
+
+
 def test_wait_timeout_exits_6(env: dict[str, str], user: str) -> None:
     done = knai("wait", user, "--wait-timeout", "0.3", "--poll-interval", "0.05", env=env)
     assert done.returncode == 6
@@ -449,8 +473,18 @@ def test_demo_against_no_sandbox_is_one_clear_line(
     assert "knai sandbox" in lines[0]
 
 
-def test_demo_with_an_invalid_base_url_names_the_flag() -> None:
-    done = knai("demo", "--base-url", "ftp://127.0.0.1")
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://127.0.0.1",
+        "http://127.0.0.1:abc",
+        "http://127.0.0.1:99999",
+        "http://127.0.0.1/?",
+        "http://127.0.0.1/#",
+    ],
+)
+def test_demo_with_an_invalid_base_url_names_the_flag(url: str) -> None:
+    done = knai("demo", "--base-url", url)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert _message(done).startswith("--base-url ")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import traceback
 
 import httpx
@@ -20,7 +19,7 @@ from knai import (
     SessionExpiredError,
     SessionWaitTimeoutError,
 )
-from tests.conftest import API_KEY, SLUG, TOKEN
+from tests.conftest import API_KEY, SLUG, TOKEN, FakeTime
 from tests.support.twin import (
     ACTIVE,
     CHARGE,
@@ -137,38 +136,44 @@ async def test_wait_returns_the_active_session_after_pending_polls(
     assert route.call_count == 3
 
 
-async def test_wait_pauses_poll_interval_between_polls(twin: Twin, api: respx.MockRouter) -> None:
+async def test_wait_pauses_poll_interval_between_polls(
+    twins: Twins, api: respx.MockRouter, fake_time: FakeTime
+) -> None:
     api.get(STATUS).mock(side_effect=[reply(body=PENDING)] * 3 + [reply(body=ACTIVE)])
-    started = time.monotonic()
+    twin = twins.make(retry=fake_time.policy())
     await twin.wait_for_session("user123", poll_interval=0.05)
-    assert time.monotonic() - started >= 3 * 0.05
+    # The fake clock stands still during a poll: each pause is the whole interval.
+    assert fake_time.sleeps == [0.05] * 3
 
 
 async def test_wait_timeout_raises_at_the_deadline_not_a_poll_interval_later(
-    twin: Twin, api: respx.MockRouter
+    twins: Twins, api: respx.MockRouter, fake_time: FakeTime
 ) -> None:
     route = api.get(STATUS).mock(return_value=reply(body=PENDING))
-    started = time.monotonic()
+    twin = twins.make(retry=fake_time.policy())
+    started = fake_time.now
     with pytest.raises(SessionWaitTimeoutError) as info:
         await twin.wait_for_session("user123", poll_interval=10, timeout=0.2)
-    elapsed = time.monotonic() - started
-    assert 0.2 <= elapsed < 2.0
+    assert fake_time.sleeps == [pytest.approx(0.2)], "the pause is cut at the deadline"
+    assert fake_time.now - started == pytest.approx(0.2)
     assert isinstance(info.value, TimeoutError)
     assert "'pending'" in str(info.value)
     assert route.call_count == 1
 
 
 async def test_wait_timeout_keeps_polling_until_the_deadline(
-    twin: Twin, api: respx.MockRouter
+    twins: Twins, api: respx.MockRouter, fake_time: FakeTime
 ) -> None:
     route = api.get(STATUS).mock(return_value=reply(body=PENDING))
+    twin = twins.make(retry=fake_time.policy())
     with pytest.raises(SessionWaitTimeoutError):
-        await twin.wait_for_session("user123", poll_interval=0.05, timeout=0.3)
-    assert route.call_count >= 2
+        await twin.wait_for_session("user123", poll_interval=0.25, timeout=1.5)
+    assert route.call_count == 6  # polls at 0, 0.25, ... 1.25; the deadline at 1.5
+    assert fake_time.sleeps == [0.25] * 6
 
 
 async def test_wait_with_timeout_caps_each_requests_timeout_at_the_time_left(
-    twin: Twin, api: respx.MockRouter
+    twins: Twins, api: respx.MockRouter, fake_time: FakeTime
 ) -> None:
     seen: list[dict[str, float]] = []
 
@@ -177,9 +182,11 @@ async def test_wait_with_timeout_caps_each_requests_timeout_at_the_time_left(
         return reply(body=ACTIVE if len(seen) == 2 else PENDING)
 
     api.get(STATUS).mock(side_effect=record)
-    await twin.wait_for_session("user123", poll_interval=0.01, timeout=0.5)
+    twin = twins.make(retry=fake_time.policy())
+    await twin.wait_for_session("user123", poll_interval=0.1, timeout=0.5)
     assert len(seen) == 2
-    assert all(0 < value <= 0.5 for timeout in seen for value in timeout.values())
+    assert all(value == pytest.approx(0.5) for value in seen[0].values())
+    assert all(value == pytest.approx(0.4) for value in seen[1].values()), "0.1 s later"
 
 
 @pytest.mark.parametrize("timeout", [None, 5.0])
@@ -196,20 +203,22 @@ async def test_wait_rides_out_a_flapping_status_endpoint(
 
 
 async def test_wait_with_timeout_rides_out_persistent_503s_until_the_deadline(
-    twin: Twin, api: respx.MockRouter
+    twins: Twins, api: respx.MockRouter, fake_time: FakeTime
 ) -> None:
     route = api.get(STATUS).mock(return_value=reply(503, {"error": "unavailable"}))
-    started = time.monotonic()
+    twin = twins.make(retry=fake_time.policy())
+    started = fake_time.now
     with pytest.raises(SessionWaitTimeoutError):
         await twin.wait_for_session("user123", poll_interval=0.01, timeout=0.3)
-    assert 0.3 <= time.monotonic() - started < 2.0
+    assert fake_time.now - started == pytest.approx(0.3), "it waited to the deadline, no further"
     assert route.call_count > 3, "more polls than one call's retry budget"
 
 
 async def test_wait_timeout_after_persistent_503s_is_caused_by_the_server_error(
-    twin: Twin, api: respx.MockRouter
+    twins: Twins, api: respx.MockRouter, fake_time: FakeTime
 ) -> None:
     api.get(STATUS).mock(return_value=reply(503, {"error": "unavailable"}))
+    twin = twins.make(retry=fake_time.policy())
     with pytest.raises(SessionWaitTimeoutError) as info:
         await twin.wait_for_session("user123", poll_interval=0.02, timeout=0.2)
     assert isinstance(info.value.__cause__, ServerError)
@@ -227,20 +236,19 @@ async def test_wait_without_timeout_raises_a_persistent_503_once_retries_are_spe
 
 @pytest.mark.parametrize("timeout", [None, 30.0])
 async def test_wait_raises_a_refused_api_key_at_once(
-    twin: Twin, api: respx.MockRouter, timeout: float | None
+    twins: Twins, api: respx.MockRouter, fake_time: FakeTime, timeout: float | None
 ) -> None:
     route = api.get(STATUS).mock(return_value=reply(401, {"error": "bad key"}))
-    started = time.monotonic()
+    twin = twins.make(retry=fake_time.policy())
     with pytest.raises(InvalidAPIKeyError):
         await twin.wait_for_session("user123", poll_interval=0.01, timeout=timeout)
     assert route.call_count == 1
-    assert time.monotonic() - started < 1.0
+    assert fake_time.sleeps == [], "no pause: a refused key is not waited out"
 
 
-async def test_async_wait_is_cancelled_mid_sleep(
-    aclient: AsyncKNAIProvider, api: respx.MockRouter
-) -> None:
+async def test_async_wait_is_cancelled_mid_sleep(api: respx.MockRouter) -> None:
     route = api.get(STATUS).mock(return_value=reply(body=PENDING))
+    aclient = AsyncKNAIProvider(API_KEY, SLUG)  # the default policy: real asyncio.sleep
     task = asyncio.create_task(aclient.wait_for_session("user123", poll_interval=60))
     for _ in range(200):
         if route.called:
@@ -252,6 +260,7 @@ async def test_async_wait_is_cancelled_mid_sleep(
     assert done == {task}, "the wait did not stop within 1 s of being cancelled"
     assert task.cancelled()
     assert route.call_count == 1
+    await aclient.aclose()
 
 
 async def test_async_wait_is_cancelled_mid_request(

@@ -25,8 +25,8 @@ from knai import (
     SessionWaitTimeoutError,
 )
 from knai._models import parse_payload
-from tests.conftest import TOKEN
-from tests.support.twin import Twin
+from tests.conftest import TOKEN, FakeTime
+from tests.support.twin import Twin, Twins
 
 STATUS_PATH = "/providers/session/status"
 WHEN = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
@@ -602,8 +602,9 @@ def test_model_dump_include_and_exclude_apply_to_the_wire_json() -> None:
 
 @pytest.mark.anyio
 async def test_wait_timeout_names_the_status_as_sent_not_unknown(
-    twin: Twin, api: respx.MockRouter
+    twins: Twins, api: respx.MockRouter, fake_time: FakeTime
 ) -> None:
     api.get(STATUS_PATH).respond(200, json={"status": "suspended"})
+    twin = twins.make(retry=fake_time.policy())  # the deadline passes on fake time, at once
     with pytest.raises(SessionWaitTimeoutError, match="'suspended'"):
         await twin.wait_for_session("user123", poll_interval=0.01, timeout=0.05)

@@ -76,7 +76,9 @@ def test_knai_provider_rides_out_an_outage_in_milliseconds(
     admin.inject_fault("charge", status=503, times=2)
     started = time.monotonic()
     result = knai_provider.charge(token, 100, "gpt-4")
-    assert time.monotonic() - started < 0.5
+    # The default policy's two pauses are at least (0.5 + 1.0) * 0.75 = 1.125 s; a loaded
+    # machine's sandbox round trips stay far below the difference.
+    assert time.monotonic() - started < 1.0
     assert result.meta.retries == 2
     assert [c.charge_id for c in admin.charges(SLUG, USER)] == [result.charge_id]
 

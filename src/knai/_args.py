@@ -28,6 +28,7 @@ __all__ = [
     "check_text",
     "check_timeout",
     "check_token",
+    "check_url",
     "check_username",
     "from_env",
 ]
@@ -198,8 +199,17 @@ def check_base_url(value: object) -> str:
             source = "KNAI_BASE_URL"
         else:
             value = DEFAULT_BASE_URL
+    return check_url(value, source)
+
+
+def check_url(value: object, source: str, *, http_anywhere: bool = False) -> str:
+    """`value` as a base URL httpx will take, named `source` in errors; see `check_base_url`.
+
+    `http_anywhere` allows plain http to any host: the sandbox's admin API, which
+    carries no secret and may be served from a container (`knai sandbox --host`).
+    """
     if not isinstance(value, str) or not value.strip():
-        raise ValueError("base_url must be a non-empty str")
+        raise ValueError(f"{source} must be a non-empty str")
     value = value.strip()
     # Messages name the scheme and host only: a URL may carry credentials.
     if not (value.isascii() and value.isprintable()) or " " in value:
@@ -224,7 +234,7 @@ def check_base_url(value: object) -> str:
         )
     if port == 0:
         raise ValueError(f"{source} has port 0: give a port from 1 to 65535")
-    if parts.scheme == "http" and not _is_loopback(host):
+    if parts.scheme == "http" and not http_anywhere and not _is_loopback(host):
         raise ValueError(
             f"{source} must use https: plain http is only allowed to a loopback host, not {host!r}"
         )

@@ -210,7 +210,8 @@ def _client_terms(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _required_env(variable: str, what: str, flag: str | None = None) -> str:
-    value = os.environ.get(variable)
+    # Stripped as the SDK strips what it reads itself: env files end lines with CR or a tab.
+    value = os.environ.get(variable, "").strip()
     if not value:
         alternative = f"pass {flag} or " if flag else ""
         raise ValueError(f"{variable} is not set: {alternative}export {what} as {variable}")

@@ -51,10 +51,14 @@ class Send:
 
 @dataclass(slots=True)
 class Pause:
-    """Sleep `seconds`: with `policy`'s sleep between retries, plainly between polls (None)."""
+    """Sleep `seconds` with `policy`'s sleep (or asleep): between retries and between polls.
+
+    Every pause a client makes runs on the policy's seam, so a test that gives
+    the policy a fake clock and sleep drives a whole wait without real time.
+    """
 
     seconds: float
-    policy: RetryPolicy | None = None
+    policy: RetryPolicy
 
 
 Step = Send | Pause
@@ -304,4 +308,4 @@ def wait_steps(
         else:
             if wait.seen(session):
                 return session
-        yield Pause(wait.pause())
+        yield Pause(wait.pause(), plan.policy)

@@ -34,7 +34,7 @@ from pydantic import (
 from ._dump import select, wire_json
 from ._errors import ResponseValidationError
 from ._json import JSONValue
-from ._redact import _redacted, secret_values
+from ._redact import _redacted, scrub_bytes, secret_values
 from ._types import ResponseMeta
 
 if TYPE_CHECKING:
@@ -342,8 +342,7 @@ def parse_payload(
         model = cls.model_validate(payload, context=_OWNED)
     except ValidationError as exc:
         # The error outlives the call (error trackers keep it): no token in it.
-        for secret in secret_values(payload):
-            raw_body = raw_body.replace(secret.encode(), b"<redacted>")
+        raw_body = scrub_bytes(raw_body, secret_values(payload))  # in any form it was sent
         raise ResponseValidationError(
             f"invalid {cls.__name__} payload: {_describe(exc)}",
             meta.status_code,

@@ -1,13 +1,79 @@
-"""Redaction of secrets in payloads: the one rule shared by reprs, errors and the CLI."""
+"""Redaction of secrets in payloads: the one rule shared by reprs, errors and the CLI.
+
+A secret is found in every form a server can echo it in: as sent, and inside
+a JSON string with any of its characters escaped (`\\u0073k_...`, `\\/`).
+One shorter than `WHOLE_TOKEN_BELOW` characters is replaced only where it
+stands alone, so a one-letter token cannot turn "Connection refused" into
+"Connec<redacted>ion refused".
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, cast
 
-__all__ = ["_redacted", "scrub", "secret_values"]
+__all__ = ["_redacted", "scrub", "scrub_bytes", "secret_values"]
 
 REDACTED = "<redacted>"
+#: Secrets shorter than this are scrubbed as whole tokens only (see the module docstring).
+WHOLE_TOKEN_BELOW = 8
+# A short secret next to one of these is part of a longer word, not a token of its own.
+_WORD_CHARS = r"A-Za-z0-9_\-"
+
+
+def _char(c: str) -> str:
+    """A regex for `c` as written, or JSON-escaped (`\\uXXXX` in either case, `\\/`, `\\"`)."""
+    forms = [re.escape(c)]
+    code = ord(c)
+    if code < 0x10000:
+        hex_digits = "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{code:04x}")
+        forms.append(r"\\u" + hex_digits)
+    if c in '/"\\':
+        forms.append(r"\\" + re.escape(c))
+    return forms[0] if len(forms) == 1 else "(?:" + "|".join(forms) + ")"
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern(secret: str) -> str:
+    body = "".join(_char(c) for c in secret)
+    if len(secret) < WHOLE_TOKEN_BELOW:
+        body = rf"(?<![{_WORD_CHARS}]){body}(?![{_WORD_CHARS}])"
+    return body
+
+
+@functools.lru_cache(maxsize=64)
+def _text_pattern(secret: str) -> re.Pattern[str]:
+    return re.compile(_pattern(secret))
+
+
+@functools.lru_cache(maxsize=64)
+def _bytes_pattern(secret: str) -> re.Pattern[bytes]:
+    return re.compile(_pattern(secret).encode("utf-8"))
+
+
+def _may_hold(value: str | bytes, secret: str) -> bool:
+    """False when `value` cannot hold `secret` in any form: the common case, found fast."""
+    if isinstance(value, bytes):
+        return b"\\" in value or secret.encode("utf-8", "replace") in value
+    return "\\" in value or secret in value
+
+
+def scrub_text(value: str, secrets: Iterable[str]) -> str:
+    """`value` with each of `secrets`, in any form, replaced by REDACTED."""
+    for secret in secrets:
+        if secret and _may_hold(value, secret):
+            value = _text_pattern(secret).sub(REDACTED, value)
+    return value
+
+
+def scrub_bytes(raw: bytes, secrets: Iterable[str]) -> bytes:
+    """`raw` (a body as received) with each of `secrets`, in any form, replaced."""
+    for secret in secrets:
+        if secret and _may_hold(raw, secret):
+            raw = _bytes_pattern(secret).sub(REDACTED.encode(), raw)
+    return raw
 
 
 def _is_secret_key(key: str) -> bool:
@@ -37,10 +103,7 @@ def secret_values(value: Any) -> Iterator[str]:
 def scrub(value: Any, secrets: tuple[str, ...]) -> Any:
     """`value` with every known secret string replaced, and secret-looking keys redacted."""
     if isinstance(value, str):
-        for secret in secrets:
-            if secret and secret in value:
-                value = value.replace(secret, REDACTED)
-        return value
+        return scrub_text(value, secrets)
     if isinstance(value, Mapping):
         return {
             k: REDACTED

@@ -27,7 +27,7 @@ from ._errors import (
     SessionExpiredError,
 )
 from ._json import JSONValue
-from ._redact import REDACTED, scrub
+from ._redact import scrub, scrub_bytes
 from ._retry import parse_retry_after
 from ._types import Call
 
@@ -126,13 +126,6 @@ class Body:
             fits = len(content) <= MAX_RESPONSE_BYTES and not inflater.unconsumed_tail
             return content[:MAX_RESPONSE_BYTES], self.complete and fits
         return None
-
-
-def _scrub_bytes(raw: bytes, secrets: tuple[str, ...]) -> bytes:
-    for secret in secrets:
-        if secret:
-            raw = raw.replace(secret.encode(), REDACTED.encode())
-    return raw
 
 
 def _cut(message: str) -> str:
@@ -234,9 +227,10 @@ def scrub_error(exc: KNAIError, secrets: tuple[str, ...]) -> KNAIError:
     exc.args = tuple(scrub(a, secrets) if isinstance(a, str) else a for a in exc.args)
     exc.response_body = scrub(exc.response_body, secrets)
     if isinstance(exc, ResponseValidationError):
-        exc.raw_body = _scrub_bytes(exc.raw_body, secrets)
-    if exc.headers is not None and any(
-        secret and secret in value for value in exc.headers.values() for secret in secrets
-    ):
-        exc.headers = httpx.Headers({k: scrub(v, secrets) for k, v in exc.headers.items()})
+        exc.raw_body = scrub_bytes(exc.raw_body, secrets)
+    if exc.headers is not None:
+        headers = httpx.Headers(exc.headers)
+        scrubbed = [(k, scrub(v, secrets)) for k, v in headers.multi_items()]
+        if scrubbed != headers.multi_items():  # in any form, as the body (`_redact`)
+            exc.headers = httpx.Headers(scrubbed)
     return exc

@@ -89,9 +89,12 @@ class RetryPolicy:
         max_backoff: The longest pause between retries.
         max_retry_after: The longest `Retry-After` that is waited for.
         jitter: Up to this fraction of each pause is taken off at random.
-        sleep: How the sync client pauses (a seam for tests).
-        asleep: How the async client pauses.
-        clock: Monotonic seconds, for deadlines and elapsed times.
+        sleep: How the sync client pauses, between retries and between
+            `wait_for_session` polls (a seam for tests).
+        asleep: How the async client pauses (the same pauses).
+        clock: Monotonic seconds, for deadlines and elapsed times. A fake
+            clock that `sleep`/`asleep` move forward runs a whole wait
+            without real time.
 
     Raises:
         ValueError: A number is negative, not finite, or `jitter` is over 1.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import sys
-import time
 from collections.abc import Generator
 from typing import TypeVar
 
@@ -76,7 +75,7 @@ class SyncDriver(_Driver):
 
     @staticmethod
     def _pause(step: Pause) -> Reply:
-        (time.sleep if step.policy is None else step.policy.sleep)(step.seconds)
+        step.policy.sleep(step.seconds)
         return None
 
     def _exchange(self, step: Send) -> Reply:
@@ -95,6 +94,8 @@ class SyncDriver(_Driver):
                 response.close()
         except Exception as exc:  # the core maps it: never raw after a charge went out
             return exc
+        except BaseException as exc:
+            raise _from_here(exc) from exc.__cause__
         return response, body
 
 
@@ -115,7 +116,7 @@ class AsyncDriver(_Driver):
             if isinstance(step, Send):
                 todo.reply = await self._exchange(step)
             else:
-                await (asyncio.sleep if step.policy is None else step.policy.asleep)(step.seconds)
+                await step.policy.asleep(step.seconds)
                 todo.reply = None
         return todo.result
 
@@ -149,7 +150,22 @@ class AsyncDriver(_Driver):
                 await response.aclose()
         except Exception as exc:
             return exc
+        except BaseException as exc:  # a cancellation
+            raise _from_here(exc) from exc.__cause__
         return response, body
+
+
+def _from_here(exc: BaseException) -> BaseException:
+    """Ctrl-C or a cancellation mid-request, re-raised as is but with no frame below the driver.
+
+    httpcore's and h11's frames hold the request's header event while it is
+    written; error trackers record every frame's locals. The exception keeps
+    the frames from the driver up.
+    """
+    exc.__traceback__ = None
+    if exc.__context__ is not None:
+        exc.__context__.__traceback__ = None
+    return exc
 
 
 _WARM = ("knai._models", "anyio._backends._asyncio", "httpcore._backends.anyio", "sniffio")

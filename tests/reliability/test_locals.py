@@ -9,13 +9,16 @@ show the API key or the session token.
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from knai import KNAIError
+from knai import AsyncKNAIProvider, KNAIError, KNAIProvider
 from tests.conftest import API_KEY, TOKEN
 from tests.reliability.conftest import Clients
 from tests.support.rogue import Action, Close, Raw, Reply, Reset, RogueServer, Stall
@@ -100,3 +103,50 @@ async def test_a_refused_argument_leaves_no_token_in_frame_locals(
             TOKEN, arguments.pop("amount_tokens"), arguments.pop("model"), **arguments
         )
     assert TOKEN not in rendered(caught.value)
+
+
+async def test_cancelling_an_async_call_mid_request_leaves_no_secret_in_frame_locals() -> None:
+    """A CancelledError's traceback starts at the SDK's driver: no httpx/h11 frame with headers."""
+    shown: list[str] = []
+
+    async def charge(provider: AsyncKNAIProvider) -> None:
+        try:
+            await provider.charge(TOKEN, 1500, "gpt-4")
+        except asyncio.CancelledError as cancelled:
+            shown.append(rendered(cancelled))
+            raise
+
+    with RogueServer(Stall(10)) as server:
+        async with AsyncKNAIProvider(API_KEY, "acme-ai", server.url, timeout=30) as provider:
+            task = asyncio.create_task(charge(provider))
+            assert await asyncio.to_thread(server.wait_until, lambda: server.count == 1)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    assert "knai/_transport.py" in shown[0], "the driver's frame is still shown"
+    assert "httpcore" not in shown[0], "no frame below the driver"
+    assert API_KEY not in shown[0]
+    assert TOKEN not in shown[0]
+
+
+def test_ctrl_c_mid_request_leaves_no_secret_in_frame_locals() -> None:
+    """A KeyboardInterrupt (Ctrl-C) while a sync call waits for its answer: the same."""
+    with (
+        RogueServer(Stall(10)) as server,
+        KNAIProvider(API_KEY, "acme-ai", server.url, timeout=30) as provider,
+    ):
+        main = threading.main_thread().ident
+        assert main == threading.get_ident(), "the signal must reach this thread"
+
+        def interrupt() -> None:
+            if server.wait_until(lambda: server.count == 1):
+                signal.pthread_kill(main, signal.SIGINT)
+
+        threading.Thread(target=interrupt, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt) as caught:
+            provider.charge(TOKEN, 1500, "gpt-4")
+    shown = rendered(caught.value)
+    assert "knai/_transport.py" in shown
+    assert "httpcore" not in shown, "no frame below the driver"
+    assert API_KEY not in shown
+    assert TOKEN not in shown

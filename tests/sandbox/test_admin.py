@@ -109,3 +109,33 @@ def test_admin_body_must_be_a_json_object(server: RunningSandbox) -> None:
         400,
         {"error": "Request body must be a JSON object"},
     )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:abc",
+        "http://127.0.0.1:99999",
+        "http://127.0.0.1:0",
+        "http://127.0.0.1/?",
+        "http://127.0.0.1/#",
+        "ftp://127.0.0.1",
+        "http://user:pw@127.0.0.1",
+        "http://127.0.0.1\x00",
+        "",
+    ],
+)
+def test_an_admin_url_httpx_would_not_take_is_a_value_error_naming_it(url: str) -> None:
+    """The SDK's base_url check, not an httpx.InvalidURL on the first call."""
+    with pytest.raises(ValueError, match=r"^base_url "):
+        SandboxAdmin(url)
+
+
+def test_an_admin_url_loses_surrounding_whitespace(server: RunningSandbox) -> None:
+    with SandboxAdmin(f" {server.url}/\r\n") as admin:
+        assert admin.stats().requests is not None  # it reached the sandbox
+
+
+def test_an_admin_url_may_be_plain_http_to_a_container() -> None:
+    """The admin API holds no secret: http to a non-loopback host (a sandbox container) is fine."""
+    SandboxAdmin("http://knai-sandbox:8750").close()

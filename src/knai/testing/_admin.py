@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import httpx
 
+from .._args import check_url
 from ._faults import DropWhen, Endpoint, Fault, PendingFault, SandboxStats
 from ._ledger import Charge, SessionInfo, SessionState
 
@@ -36,7 +37,12 @@ class SandboxAdminError(Exception):
 
 
 class SandboxAdmin:
-    """Set up and inspect a sandbox wallet. Close it (or use ``with``) when done."""
+    """Set up and inspect a sandbox wallet. Close it (or use ``with``) when done.
+
+    Raises:
+        ValueError: `base_url` is not an http(s) URL httpx would take (surrounding
+            whitespace is stripped), or carries credentials, a query or a fragment.
+    """
 
     def __init__(
         self,
@@ -45,8 +51,11 @@ class SandboxAdmin:
         transport: httpx.BaseTransport | None = None,
         timeout: float = 10.0,
     ) -> None:
+        # The SDK's own check, so a bad URL is a ValueError here, not an httpx error per call;
+        # plain http may go anywhere (a sandbox in a container), as the admin API holds no secret.
+        url = check_url(base_url, "base_url", http_anywhere=True)
         self._client = httpx.Client(
-            base_url=base_url.rstrip("/"), transport=transport, timeout=timeout, trust_env=False
+            base_url=url.rstrip("/"), transport=transport, timeout=timeout, trust_env=False
         )
 
     def close(self) -> None:
