@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from knai.testing import DEMO_API_KEY, RunningSandbox
 from tests.outbox.conftest import SLUG, USER
@@ -19,8 +20,9 @@ def test_the_charging_when_the_wallet_is_down_example_charges_once(
     code = code.replace('provider_api_key="sk_..."', f"provider_api_key={DEMO_API_KEY!r}")
     code = code.replace('provider_slug="acme"', f"provider_slug={SLUG!r}, base_url=url")
     code = code.replace("/var/lib/acme/charges.db", str(tmp_path / "charges.db"))
-    namespace = {"session_token": token, "request_id": "req-readme", "url": knai_sandbox_server.url}
+    namespace: dict[str, Any] = {"url": knai_sandbox_server.url}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
-    assert namespace["entry"].state == "pending"  # type: ignore[attr-defined]
+    entry = namespace["charge_durably"](token, "req-readme")
+    assert entry.state == "pending"
     charges = knai_sandbox_server.admin.charges(SLUG, USER)
     assert [(c.idempotency_key, c.amount_tokens) for c in charges] == [("req-readme", 1500)]

@@ -16,14 +16,18 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = ["add_parser", "run"]
 
 
-def add_parser(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> argparse.ArgumentParser:
+class _Subparsers(Protocol):
+    """What `add_parser` needs of ``ArgumentParser.add_subparsers()``'s (private) action type."""
+
+    def add_parser(self, name: str, *, help: str | None = ...) -> argparse.ArgumentParser: ...
+
+
+def add_parser(subparsers: _Subparsers) -> argparse.ArgumentParser:
     """Add the `outbox` command to the `knai` command's subparsers."""
     outbox = subparsers.add_parser("outbox", help="inspect and operate a charge outbox")
     actions = outbox.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")

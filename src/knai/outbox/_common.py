@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from ._deliver import Backoff
 from ._lifecycle import register
@@ -15,7 +15,18 @@ from ._store import Store, check_charge
 __all__ = ["OutboxBase"]
 
 P = TypeVar("P")
+T = TypeVar("T")
 _ABANDONED: list[object] = []
+
+
+def _instance(value: object, cls: type[T]) -> T | None:
+    # isinstance() against a type variable's class does not narrow the checker's union.
+    return value if isinstance(value, cls) else None
+
+
+def _is_int(value: object) -> bool:
+    # Checked at run time: an untyped caller may pass anything (bool is no count).
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class OutboxBase(Generic[P]):
@@ -26,25 +37,30 @@ class OutboxBase(Generic[P]):
         provider: P | Callable[[], P],
         store: str | os.PathLike[str] | Store,
         *,
-        provider_type: type[Any],
+        provider_type: type[P],
         concurrency: int,
         poll_interval: float,
         retry_backoff: tuple[float, float],
         drain_timeout: float,
         open_now: bool = True,
     ) -> None:
-        if isinstance(provider, provider_type):
-            self._given: P | None = provider
-            self._factory: Callable[[], P] | None = None
+        self._given: P | None
+        self._factory: Callable[[], P] | None
+        given = _instance(provider, provider_type)
+        if given is not None:
+            self._given = given
+            self._factory = None
         elif callable(provider):
             self._given = None
-            self._factory = provider
+            # Not a `provider_type`, so by the signature a function returning one.
+            # mypy narrows it so; pyright cannot take a type variable out of a union.
+            self._factory = provider  # pyright: ignore[reportAttributeAccessIssue]
         else:
             raise TypeError(
                 f"provider must be a {provider_type.__name__} or a function returning one,"
                 f" not {type(provider).__name__}"
             )
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        if not _is_int(concurrency) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be > 0, got {poll_interval!r}")
@@ -59,7 +75,8 @@ class OutboxBase(Generic[P]):
         self._made: P | None = None
         self._pid = os.getpid()
         self._restart_after_fork = False
-        register(self)
+        # Through the type, so that a subclass's overrides are the ones called.
+        register(self, type(self)._after_fork, type(self)._at_exit)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(store={self._store or self._spec!r})"

@@ -26,6 +26,11 @@ def open_store(store: str | os.PathLike[str] | Store, **options: Any) -> Store:
         from ._sqlite import SQLiteStore
 
         return SQLiteStore(store, **options)
+    return _as_store(store)
+
+
+def _as_store(store: object) -> Store:
+    # `store` is typed, but an untyped caller may pass anything: checked at run time.
     if isinstance(store, Store):
         return store
     raise TypeError(

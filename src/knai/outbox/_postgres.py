@@ -16,24 +16,44 @@ import re
 import secrets
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ._entry import OutboxEntry, OutboxStats, build_entry
 from ._store import Claim, Outcome, check_same, derived_key
 
 if TYPE_CHECKING:
     import psycopg
+    from typing_extensions import LiteralString
 
 __all__ = ["PostgresStore"]
 
 # First key of the owners' advisory locks: "knai" in ASCII.
 _LOCK_SPACE = 0x6B6E6169
 _TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_NOW = "extract(epoch from clock_timestamp())"
-_COLUMNS = (
+_NOW: Final = "extract(epoch from clock_timestamp())"
+_COLUMNS: Final = (
     "key, amount_tokens, model, state, attempts, created_at, result, error, retries, send_key"
 )
 _ABANDONED: list[object] = []
+
+
+# `_sql(text)` is `text`, typed as the literal query psycopg's types ask for:
+# its one non-literal part is the table's name, which `PostgresStore` checks
+# against `_TABLE_NAME` before any query is built. (A cast would do for
+# pyright, but mypy, which reads LiteralString as str, calls it redundant.)
+if TYPE_CHECKING:
+
+    def _sql(text: str) -> LiteralString: ...
+
+else:
+
+    def _sql(text: str) -> str:
+        return text
+
+
+def _valid_table(table: object) -> bool:
+    # Checked at run time: an untyped caller may pass anything.
+    return isinstance(table, str) and _TABLE_NAME.match(table) is not None
 
 
 def _import_psycopg() -> Any:
@@ -56,7 +76,7 @@ class PostgresStore:
     """
 
     def __init__(self, url: str, *, table: str = "knai_outbox", lease: float = 300.0) -> None:
-        if not isinstance(table, str) or not _TABLE_NAME.match(table):
+        if not _valid_table(table):
             raise ValueError(f"table must be a lowercase SQL identifier, got {table!r}")
         if lease <= 0:
             raise ValueError(f"lease must be > 0, got {lease!r}")
@@ -69,40 +89,47 @@ class PostgresStore:
         self._owner_conn: psycopg.Connection[Any] | None = None
         self._owner = 0
         t = table
-        self._sql_insert = (
+        self._sql_insert: LiteralString = _sql(
             f"INSERT INTO {t} (key, send_key, session_token, amount_tokens, model, state,"  # noqa: S608
             f" created_at, updated_at, next_attempt_at) VALUES (%s, %s, %s, %s, %s, 'pending',"
             f" {_NOW}, {_NOW}, {_NOW}) ON CONFLICT (key) DO NOTHING RETURNING created_at"
         )
-        self._sql_get = f"SELECT {_COLUMNS} FROM {t} WHERE key = %s"  # noqa: S608
+        self._sql_get: LiteralString = _sql(f"SELECT {_COLUMNS} FROM {t} WHERE key = %s")  # noqa: S608
         with self._lock:
             self._db().execute(
-                f"CREATE TABLE IF NOT EXISTS {t} (key text PRIMARY KEY, send_key text NOT NULL,"
-                " session_token text, amount_tokens bigint NOT NULL, model text NOT NULL,"
-                " state text NOT NULL, attempts integer NOT NULL DEFAULT 0,"
-                " retries integer NOT NULL DEFAULT 0, created_at double precision NOT NULL,"
-                " updated_at double precision NOT NULL,"
-                " next_attempt_at double precision NOT NULL, owner bigint,"
-                " lease_until double precision, result text, error text)"
+                _sql(
+                    f"CREATE TABLE IF NOT EXISTS {t} (key text PRIMARY KEY, send_key text NOT NULL,"
+                    " session_token text, amount_tokens bigint NOT NULL, model text NOT NULL,"
+                    " state text NOT NULL, attempts integer NOT NULL DEFAULT 0,"
+                    " retries integer NOT NULL DEFAULT 0, created_at double precision NOT NULL,"
+                    " updated_at double precision NOT NULL,"
+                    " next_attempt_at double precision NOT NULL, owner bigint,"
+                    " lease_until double precision, result text, error text)"
+                )
             )
             self._db().execute(
-                f"CREATE INDEX IF NOT EXISTS {t}_due ON {t} (state, next_attempt_at)"
+                _sql(f"CREATE INDEX IF NOT EXISTS {t}_due ON {t} (state, next_attempt_at)")
             )
 
     def __repr__(self) -> str:
         # The URL may carry a password: never shown.
         return f"PostgresStore(table={self.table!r})"
 
+    def _connect(self) -> psycopg.Connection[Any]:
+        conn: psycopg.Connection[Any] = self._psycopg.connect(self._url, autocommit=True)
+        return conn
+
     def _db(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = self._psycopg.connect(self._url, autocommit=True)
-        return self._conn
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            conn = self._conn = self._connect()
+        return conn
 
     def _owner_id(self) -> int:
         # Hold the advisory lock that keeps this store's claims alive; take a
         # new id if the connection holding it was lost.
         if self._owner_conn is None or self._owner_conn.closed or self._owner_conn.broken:
-            conn = self._psycopg.connect(self._url, autocommit=True)
+            conn = self._connect()
             while True:
                 owner = secrets.randbelow(2**31 - 2) + 1
                 row = conn.execute(
@@ -181,20 +208,22 @@ class PostgresStore:
                     self._settle_one(db, o)
                 if limit > 0:
                     rows = db.execute(
-                        f"WITH live AS (SELECT objid::bigint AS owner FROM pg_locks"  # noqa: S608
-                        " WHERE locktype = 'advisory' AND classid::bigint = %(space)s"
-                        " AND objsubid = 2 AND granted)"
-                        f" , claimed AS (UPDATE {t} SET owner = %(me)s,"
-                        f" lease_until = {_NOW} + %(lease)s,"
-                        f" attempts = attempts + 1, updated_at = {_NOW}"
-                        f" WHERE key IN (SELECT key FROM {t} WHERE state = 'pending'"
-                        f" AND next_attempt_at <= {_NOW} AND session_token IS NOT NULL"
-                        f" AND (owner IS NULL OR lease_until < {_NOW}"
-                        " OR owner NOT IN (SELECT owner FROM live))"
-                        " ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
-                        " RETURNING key, send_key, session_token, amount_tokens, model,"
-                        " attempts, created_at) SELECT key, send_key, session_token,"
-                        " amount_tokens, model, attempts FROM claimed ORDER BY created_at",
+                        _sql(
+                            f"WITH live AS (SELECT objid::bigint AS owner FROM pg_locks"  # noqa: S608
+                            " WHERE locktype = 'advisory' AND classid::bigint = %(space)s"
+                            " AND objsubid = 2 AND granted)"
+                            f" , claimed AS (UPDATE {t} SET owner = %(me)s,"
+                            f" lease_until = {_NOW} + %(lease)s,"
+                            f" attempts = attempts + 1, updated_at = {_NOW}"
+                            f" WHERE key IN (SELECT key FROM {t} WHERE state = 'pending'"
+                            f" AND next_attempt_at <= {_NOW} AND session_token IS NOT NULL"
+                            f" AND (owner IS NULL OR lease_until < {_NOW}"
+                            " OR owner NOT IN (SELECT owner FROM live))"
+                            " ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+                            " RETURNING key, send_key, session_token, amount_tokens, model,"
+                            " attempts, created_at) SELECT key, send_key, session_token,"
+                            " amount_tokens, model, attempts FROM claimed ORDER BY created_at"
+                        ),
                         {"space": _LOCK_SPACE, "me": owner, "lease": self.lease, "limit": limit},
                     ).fetchall()
         return [Claim(r[0], r[1], r[2], int(r[3]), r[4], int(r[5])) for r in rows]
@@ -204,17 +233,21 @@ class PostgresStore:
         if o.state == "pending":
             # Only this sender's own lease is released: another may hold it by now.
             db.execute(
-                f"UPDATE {t} SET owner = NULL, lease_until = NULL,"  # noqa: S608
-                f" next_attempt_at = %s, updated_at = {_NOW} WHERE key = %s"
-                " AND send_key = %s AND state = 'pending' AND owner = %s",
+                _sql(
+                    f"UPDATE {t} SET owner = NULL, lease_until = NULL,"  # noqa: S608
+                    f" next_attempt_at = %s, updated_at = {_NOW} WHERE key = %s"
+                    " AND send_key = %s AND state = 'pending' AND owner = %s"
+                ),
                 (o.retry_at, o.key, o.send_key, self._owner),
             )
             return
         db.execute(
-            f"UPDATE {t} SET state = %s, result = %s, error = %s,"  # noqa: S608
-            " session_token = CASE WHEN %s THEN NULL ELSE session_token END,"
-            f" owner = NULL, lease_until = NULL, updated_at = {_NOW}"
-            " WHERE key = %s AND send_key = %s AND state = 'pending'",
+            _sql(
+                f"UPDATE {t} SET state = %s, result = %s, error = %s,"  # noqa: S608
+                " session_token = CASE WHEN %s THEN NULL ELSE session_token END,"
+                f" owner = NULL, lease_until = NULL, updated_at = {_NOW}"
+                " WHERE key = %s AND send_key = %s AND state = 'pending'"
+            ),
             (o.state, o.result_json, o.error_json, o.purge_token, o.key, o.send_key),
         )
 
@@ -225,8 +258,10 @@ class PostgresStore:
             db = self._db()
             with db.transaction():
                 row = db.execute(
-                    f"SELECT state, retries, session_token IS NOT NULL FROM {t}"  # noqa: S608
-                    " WHERE key = %s FOR UPDATE",
+                    _sql(
+                        f"SELECT state, retries, session_token IS NOT NULL FROM {t}"  # noqa: S608
+                        " WHERE key = %s FOR UPDATE"
+                    ),
                     (key,),
                 ).fetchone()
                 if row is None:
@@ -242,9 +277,11 @@ class PostgresStore:
                     )
                 retries = int(row[1]) + 1
                 db.execute(
-                    f"UPDATE {t} SET state = 'pending', retries = %s, send_key = %s,"  # noqa: S608
-                    " session_token = COALESCE(%s, session_token), error = NULL,"
-                    f" next_attempt_at = {_NOW}, updated_at = {_NOW} WHERE key = %s",
+                    _sql(
+                        f"UPDATE {t} SET state = 'pending', retries = %s, send_key = %s,"  # noqa: S608
+                        " session_token = COALESCE(%s, session_token), error = NULL,"
+                        f" next_attempt_at = {_NOW}, updated_at = {_NOW} WHERE key = %s"
+                    ),
                     (retries, derived_key(key, retries), session_token, key),
                 )
                 found = db.execute(self._sql_get, (key,)).fetchone()
@@ -256,8 +293,10 @@ class PostgresStore:
         with self._lock:
             if self._owner:
                 self._db().execute(
-                    f"UPDATE {self.table} SET owner = NULL, lease_until = NULL"  # noqa: S608
-                    " WHERE owner = %s AND state = 'pending'",
+                    _sql(
+                        f"UPDATE {self.table} SET owner = NULL, lease_until = NULL"  # noqa: S608
+                        " WHERE owner = %s AND state = 'pending'"
+                    ),
                     (self._owner,),
                 )
 
@@ -275,8 +314,10 @@ class PostgresStore:
             rows = (
                 self._db()
                 .execute(
-                    f"SELECT {_COLUMNS} FROM {self.table} WHERE state = %s"  # noqa: S608
-                    " ORDER BY created_at LIMIT %s",
+                    _sql(
+                        f"SELECT {_COLUMNS} FROM {self.table} WHERE state = %s"  # noqa: S608
+                        " ORDER BY created_at LIMIT %s"
+                    ),
                     (state, limit),
                 )
                 .fetchall()
@@ -288,11 +329,11 @@ class PostgresStore:
         t = self.table
         with self._lock:
             db = self._db()
-            counts = dict(
-                db.execute(f"SELECT state, count(*) FROM {t} GROUP BY state").fetchall()  # noqa: S608
+            counts: dict[str, int] = dict(
+                db.execute(_sql(f"SELECT state, count(*) FROM {t} GROUP BY state")).fetchall()  # noqa: S608
             )
             age = db.execute(
-                f"SELECT {_NOW} - min(created_at) FROM {t} WHERE state = 'pending'"  # noqa: S608
+                _sql(f"SELECT {_NOW} - min(created_at) FROM {t} WHERE state = 'pending'")  # noqa: S608
             ).fetchone()
         oldest = None if age is None or age[0] is None else max(0.0, float(age[0]))
         return OutboxStats(

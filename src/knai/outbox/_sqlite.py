@@ -94,7 +94,7 @@ class SQLiteStore:
             raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
         if lease <= 0:
             raise ValueError(f"lease must be > 0, got {lease!r}")
-        self.path = Path(path)
+        self.path: Path = Path(path)
         self.synchronous = synchronous
         self.lease = lease
         self.busy_timeout = busy_timeout
