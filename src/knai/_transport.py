@@ -128,7 +128,9 @@ class AsyncDriver(_Driver):
         """
         self._cold = False
         lanes = self.http if isinstance(self.http, LaneClient) else None
-        if all(name in sys.modules for name in _WARM) and (lanes is None or lanes.ready()):
+        if all(name in sys.modules for name in _WARM if name not in _OPTIONAL) and (
+            lanes is None or lanes.ready()
+        ):
             if lanes is not None:
                 lanes.prepare()  # nothing left that blocks: done here, at once
             return
@@ -169,13 +171,19 @@ def _from_here(exc: BaseException) -> BaseException:
 
 
 _WARM = ("knai._models", "anyio._backends._asyncio", "httpcore._backends.anyio", "sniffio")
+# Optional (the speedups extra): httpcore works without it, only slower.
+_OPTIONAL = frozenset({"sniffio"})
 
 
 def _warm_up(lanes: LaneClient | None) -> None:
     # httpcore imports anyio and its asyncio backend on the first connection and
     # lock; knai._models builds the pydantic models. Imported for that effect only.
     for name in _WARM:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            if name not in _OPTIONAL:
+                raise
 
     if lanes is not None:
         lanes.prepare()
