@@ -138,7 +138,7 @@ async def test_a_one_character_token_is_still_scrubbed_where_it_stands_alone(
     assert str(info.value) == "token=<redacted> is out of funds (HTTP 402)"
     assert info.value.response_body == {
         "error": "token=<redacted> is out of funds",
-        "t": "<redacted>",
+        "<redacted>": "<redacted>",  # the key was the token too
     }
 
 
@@ -151,3 +151,36 @@ async def test_a_short_api_key_is_scrubbed_as_a_whole_token(
     with pytest.raises(KNAIError) as info:
         await twins.make(provider_api_key="k9").get_session("user123")
     assert_scrubbed(info.value, "k9")
+
+
+@pytest.mark.parametrize("status", [400, 402, 409, 503])
+async def test_a_secret_echoed_as_a_json_key_is_scrubbed_from_the_error(
+    twin: Twin, api: respx.MockRouter, status: int
+) -> None:
+    body = {API_KEY: "x", SLASHED_TOKEN: 1, "error": "refused"}
+    api.post(CHARGE).mock(return_value=reply(status, body))
+    with pytest.raises(KNAIError) as caught:
+        await twin.charge(SLASHED_TOKEN, amount_tokens=10, model="gpt-4", max_retries=0)
+    assert_scrubbed(caught.value, API_KEY)
+    assert_scrubbed(caught.value, SLASHED_TOKEN)
+
+
+async def test_a_success_that_echoes_the_key_and_token_prints_neither(
+    twin: Twin, api: respx.MockRouter
+) -> None:
+    """The 0.1.0 README prints a result: an echo no key name gives away is hidden too."""
+    echo = {
+        "charge_id": "ch_1",
+        "status": "succeeded",
+        "echo": f"auth {API_KEY}",
+        "tok": SLASHED_TOKEN,
+        API_KEY: ["nested", {"again": SLASHED_TOKEN.replace("/", "\\/")}],
+    }
+    api.post(CHARGE).mock(return_value=reply(200, echo))
+    result = await twin.charge(SLASHED_TOKEN, amount_tokens=10, model="gpt-4")
+    for shown in (str(result), repr(result), f"Charge successful: {result}"):
+        assert API_KEY not in shown
+        assert SLASHED_TOKEN not in shown
+        assert "<redacted>" in shown
+    assert result["tok"] == SLASHED_TOKEN  # the dict view is still exactly the JSON sent
+    assert result.charge_id == "ch_1"

@@ -123,7 +123,18 @@ def _marked_lines() -> set[int]:
 
 def test_must_fail_file_marks_every_kind_of_typo() -> None:
     text = MUST_FAIL.read_text()
-    for typo in ("Sesion", "Sandbx", "KNAIProvidr", '"actve"', "session.status =", 'tokens="5"'):
+    for typo in (
+        "Sesion",
+        "Sandbx",
+        "Metr",
+        "SesionCache",
+        "Outbx",
+        "Paywal",
+        "KNAIProvidr",
+        '"actve"',
+        "session.status =",
+        'tokens="5"',
+    ):
         assert any(typo in line and line.endswith("# must fail") for line in text.splitlines())
     assert "idempotency=" in text
 

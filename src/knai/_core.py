@@ -173,7 +173,11 @@ def _parsed(
     payload, content = answer_of(call, response, body)
     attempts, elapsed = meta
     parsed = _parser()(
-        model(), payload, _meta(call, response, attempts, elapsed), content[:KEEP_RAW_BYTES]
+        model(),
+        payload,
+        _meta(call, response, attempts, elapsed),
+        content[:KEEP_RAW_BYTES],
+        call.secrets,
     )
     return cast("_ModelT", parsed)
 

@@ -34,7 +34,7 @@ from pydantic import (
 from ._dump import select, wire_json
 from ._errors import ResponseValidationError
 from ._json import JSONValue
-from ._redact import _redacted, scrub_bytes, secret_values
+from ._redact import _redacted, scrub, scrub_bytes, secret_values
 from ._types import ResponseMeta
 
 if TYPE_CHECKING:
@@ -74,6 +74,9 @@ class Payload(BaseModel, Mapping[str, Any], extra="allow", frozen=True):
     # Defaults of None: pydantic deep-copies private defaults on every instance.
     _raw: dict[str, Any] | None = PrivateAttr(default=None)
     _meta: ResponseMeta | None = PrivateAttr(default=None)
+    # The payload as str()/repr() show it, when it echoes the request's own
+    # secrets (which no key name gives away); None: the redacted JSON.
+    _shown: dict[str, Any] | None = PrivateAttr(default=None)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -176,15 +179,19 @@ class Payload(BaseModel, Mapping[str, Any], extra="allow", frozen=True):
             return self._json == dict(other)  # pyright: ignore[reportUnknownArgumentType]
         return NotImplemented
 
+    def _display(self) -> dict[str, Any]:
+        shown = self._shown
+        return shown if shown is not None else cast("dict[str, Any]", _redacted(self._json))
+
     def __str__(self) -> str:
-        return str(_redacted(self._json))
+        return str(self._display())
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({_redacted(self._json)!r})"
+        return f"{type(self).__name__}({self._display()!r})"
 
     def __repr_args__(self) -> Any:
         # What pydantic's rich / devtools / pretty representations print.
-        return list(_redacted(self._json).items())
+        return list(self._display().items())
 
 
 def _set_private(model: BaseModel, name: str, value: object) -> None:
@@ -326,9 +333,17 @@ def _describe(exc: ValidationError) -> str:
 
 
 def parse_payload(
-    cls: type[_PayloadT], payload: JSONValue, meta: ResponseMeta, raw_body: bytes
+    cls: type[_PayloadT],
+    payload: JSONValue,
+    meta: ResponseMeta,
+    raw_body: bytes,
+    secrets: tuple[str, ...] = (),
 ) -> _PayloadT:
-    """Validate a decoded JSON body as `cls`, or raise `ResponseValidationError`."""
+    """Validate a decoded JSON body as `cls`, or raise `ResponseValidationError`.
+
+    `secrets` (the request's API key and session token) never show in the
+    model's `str()`/`repr()`, even where the server echoes them.
+    """
     if not isinstance(payload, dict):
         raise ResponseValidationError(
             f"expected a JSON object, got {type(payload).__name__}",
@@ -353,4 +368,8 @@ def parse_payload(
             idempotency_key=meta.idempotency_key,
         ) from None
     _set_private(model, "_meta", meta)
+    if secrets:
+        shown = scrub(payload, secrets)
+        if shown != _redacted(payload):  # rare: the body echoes a secret of the request
+            _set_private(model, "_shown", shown)
     return model

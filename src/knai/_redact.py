@@ -105,8 +105,9 @@ def scrub(value: Any, secrets: tuple[str, ...]) -> Any:
     if isinstance(value, str):
         return scrub_text(value, secrets)
     if isinstance(value, Mapping):
+        # Keys too: a server may echo a secret as a key ({"sk_live_...": ...}).
         return {
-            k: REDACTED
+            scrub_text(k, secrets) if isinstance(k, str) else k: REDACTED
             if isinstance(k, str) and _is_secret_key(k) and isinstance(v, str) and v
             else scrub(v, secrets)
             for k, v in cast("Mapping[object, object]", value).items()

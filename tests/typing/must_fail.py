@@ -13,6 +13,10 @@ import knai
 from knai import KNAIProvider, Session, SessionStatus
 from knai import Sesion  # must fail
 from knai.testing import Sandbx  # must fail
+from knai.metering import Metr  # must fail
+from knai.sessions import SesionCache  # must fail
+from knai.outbox import Outbx  # must fail
+from knai.fastapi import Paywal  # must fail
 
 
 def misuse(session: Session, provider: KNAIProvider) -> None:

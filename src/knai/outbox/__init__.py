@@ -55,14 +55,18 @@ _MODULE_OF = {
 }
 
 
-def __getattr__(name: str) -> object:
-    # PostgresStore needs psycopg: load each name's module only when asked for.
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+# Defined only at run time: to a type checker this package has exactly the names
+# imported above, so a misspelt `from knai.outbox import Outbx` is an error.
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> object:
+        # PostgresStore needs psycopg: load each name's module only when asked for.
+        module = _MODULE_OF.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, __name__), name)
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:
