@@ -29,9 +29,14 @@ class Upstream:
     already stopped by then, and whether anyone closed it.
     """
 
-    def __init__(self, chunks: list[Any], pace: float = 0.002) -> None:
+    def __init__(
+        self, chunks: list[Any], pace: float = 0.002, hold_after: int | None = None
+    ) -> None:
         self.chunks = chunks
         self.pace = pace
+        # After this many chunks the async stream waits for the meter to stop,
+        # so a slow wallet under load cannot let the stream run out first.
+        self.hold_after = hold_after
         self.metered: Metered | None = None
         self.handed: list[bool] = []
         self.closed = False
@@ -50,8 +55,18 @@ class Upstream:
     async def __aiter__(self) -> AsyncIterator[Any]:
         for index, chunk in enumerate(self.chunks):
             await asyncio.sleep(self.pace)
+            if index == self.hold_after:
+                await self._until_stopped()
             self._hand(index)
             yield chunk
+
+    async def _until_stopped(self, limit: float = 30.0) -> None:
+        # Bounded, so a meter that never stops fails the test instead of hanging it.
+        deadline = asyncio.get_running_loop().time() + limit
+        while self.metered is None or self.metered.stopped is None:
+            if asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(self.pace)
 
     def close(self) -> None:
         self.closed = True

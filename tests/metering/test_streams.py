@@ -84,7 +84,9 @@ async def test_a_refusal_halfway_stops_within_one_chunk_and_closes_the_upstream(
 ) -> None:
     """25 in the wallet, increments of 10: the third is refused and the stream stops."""
     token = wallet(admin, "alice", 25)
-    upstream = Upstream(long_chat(200), pace=0.005)
+    # The async stream keeps flowing while increments are in flight; at chunk 150
+    # it waits for the refusal, however slow the wallet is under load.
+    upstream = Upstream(long_chat(200), pace=0.005, hold_after=150)
     metered, got = await flavour.stream(
         flavour.meter(), token, upstream, model="gpt-4o", key="req-9", step=10
     )

@@ -26,13 +26,10 @@ import asyncio
 import contextlib
 import itertools
 import json
-import logging
-import threading
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -52,7 +49,7 @@ from ._fake_llm_wire import (
     plan,
     sse,
 )
-from ._server import SHUTDOWN_GRACE, START_TIMEOUT, UvicornServer, bind_socket, drop_filter, url_of
+from ._server import bind_socket, serve_in_thread
 from ._transport import AsyncSandboxTransport, SandboxTransport
 
 if TYPE_CHECKING:
@@ -180,21 +177,8 @@ class FakeLLM:
     @contextlib.contextmanager
     def _serve(self, host: str, port: int) -> Generator[RunningFakeLLM, None, None]:
         sock = bind_socket(host, port)
-        started = threading.Event()
-        server = UvicornServer(_config(self.app), started.set)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="knai-fakellm-server", daemon=True
-        )
-        with sock:
-            thread.start()
-            try:
-                while not started.wait(0.01):
-                    if not thread.is_alive():
-                        raise RuntimeError("the fake LLM server failed to start")
-                yield RunningFakeLLM(url=url_of(sock))
-            finally:
-                server.should_exit = True
-                thread.join(START_TIMEOUT + SHUTDOWN_GRACE)
+        with serve_in_thread(self.app, sock, name="fakellm", label="fake LLM ") as url:
+            yield RunningFakeLLM(url=url)
 
     # -- endpoints ------------------------------------------------------------
 
@@ -281,17 +265,3 @@ class _EventStream(Response):
             sent += is_content
             await asyncio.sleep(0)  # each event leaves before the next is made
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def _config(app: Starlette) -> uvicorn.Config:
-    if drop_filter not in logging.getLogger("uvicorn.error").filters:
-        logging.getLogger("uvicorn.error").addFilter(drop_filter)
-    return uvicorn.Config(
-        app,
-        http="h11",
-        loop="asyncio",
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=SHUTDOWN_GRACE,
-    )

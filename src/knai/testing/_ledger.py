@@ -26,9 +26,6 @@ it is refused with 409.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import secrets
 import threading
 import time
@@ -39,96 +36,50 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from ._faults import FaultPlan
+from ._idempotency import (
+    IDEMPOTENCY_CONFLICT,
+    RECORDED_STATUSES,
+    IdempotencyRecord,
+    fingerprint,
+    secret_digest,
+    utf8,
+)
+from ._ledger_checks import check_int, check_seconds, check_text
+from ._ledger_records import (
+    DEMO_API_KEY,
+    DEMO_BALANCE,
+    DEMO_PROVIDER_SLUG,
+    DEMO_USERNAME,
+    Charge,
+    ConflictError,
+    LedgerError,
+    NotFoundError,
+    Reply,
+    SessionInfo,
+    SessionState,
+    iso_utc,
+)
 
-SessionState = Literal["pending", "active", "expired", "revoked"]
-"""The states of a sandbox session, as its status endpoint reports them."""
+# The records stay importable from here, where knai.testing's lazy names point.
+__all__ = [
+    "DEMO_API_KEY",
+    "DEMO_BALANCE",
+    "DEMO_PROVIDER_SLUG",
+    "DEMO_USERNAME",
+    "IDEMPOTENCY_CONFLICT",
+    "Charge",
+    "ConflictError",
+    "Ledger",
+    "LedgerError",
+    "NotFoundError",
+    "Reply",
+    "SessionInfo",
+    "SessionState",
+    "iso_utc",
+]
 
-DEMO_PROVIDER_SLUG = "demo-provider"
-"""The slug of the provider every demo ledger (and `Sandbox()`) starts with."""
-DEMO_API_KEY = "sk_test_knai_sandbox_demo_key_not_secret"
-"""The demo provider's API key (a public test value, not a secret)."""
-DEMO_USERNAME = "demo-user"
-"""The user whose wallet the demo ledger funds."""
-DEMO_BALANCE = 100_000
-"""The demo wallet's starting balance, in tokens."""
-
-IDEMPOTENCY_CONFLICT = "Idempotency-Key reused with a different request"
-_RECORDED_STATUSES = frozenset({200, 402})
 # Compared against when the slug is unknown, so both paths do the same work.
 _NO_KEY = secrets.token_bytes(32)
-
-
-class LedgerError(Exception):
-    """A sandbox admin operation was refused."""
-
-
-class NotFoundError(LedgerError):
-    """No such provider, user or session."""
-
-
-class ConflictError(LedgerError):
-    """The provider or user already exists."""
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A charge answer as the wire shows it: HTTP status and JSON body.
-
-    ``replayed`` is true when the reply came from an idempotency record.
-    """
-
-    status: int
-    body: Mapping[str, Any]
-    replayed: bool = False
-
-
-@dataclass(frozen=True)
-class Charge:
-    """One applied debit."""
-
-    charge_id: str
-    provider_username: str
-    amount_tokens: int
-    model: str
-    created_at: str
-    idempotency_key: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The charge as the admin API spells it."""
-        return {
-            "charge_id": self.charge_id,
-            "provider_username": self.provider_username,
-            "amount_tokens": self.amount_tokens,
-            "model": self.model,
-            "created_at": self.created_at,
-            "idempotency_key": self.idempotency_key,
-        }
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """A session as seen at one instant. The token is kept out of ``repr``."""
-
-    session_id: str
-    provider_username: str
-    status: SessionState
-    created_at: str
-    activates_at: str
-    expires_at: str
-    session_token: str = field(repr=False)
-
-
-def iso_utc(moment: datetime) -> str:
-    """``2026-01-02T03:04:05.678Z``: ISO-8601, UTC, milliseconds."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _utf8(text: str) -> bytes:
-    return text.encode("utf-8", "surrogatepass")
-
-
-def _secret_digest(secret: str) -> bytes:
-    return hashlib.sha256(_utf8(secret)).digest()
 
 
 @dataclass
@@ -164,12 +115,6 @@ class _Provider:
     wallets: dict[str, _Wallet] = field(default_factory=dict[str, _Wallet])
 
 
-@dataclass(frozen=True)
-class _IdempotencyRecord:
-    fingerprint: bytes
-    reply: Reply
-
-
 class Ledger:
     """Thread-safe in-memory state of a sandbox wallet.
 
@@ -188,7 +133,7 @@ class Ledger:
         self._providers: dict[str, _Provider] = {}
         self._sessions_by_id: dict[str, _Session] = {}
         self._sessions_by_token: dict[bytes, _Session] = {}
-        self._idempotency: dict[tuple[str, str], _IdempotencyRecord] = {}
+        self._idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
         self.faults: FaultPlan = FaultPlan()
         self.reset()
 
@@ -209,8 +154,8 @@ class Ledger:
 
     def add_provider(self, slug: str, api_key: str) -> None:
         """Register a provider. Raises ``ConflictError`` if the slug is taken."""
-        _check_text("slug", slug)
-        _check_text("api_key", api_key)
+        check_text("slug", slug)
+        check_text("api_key", api_key)
         if not api_key.isascii() or not api_key.isprintable():
             raise ValueError("api_key must be printable ASCII (it travels in a header)")
         with self._lock:
@@ -220,8 +165,8 @@ class Ledger:
 
     def add_user(self, slug: str, provider_username: str, balance: int = 0) -> int:
         """Open a wallet for ``provider_username``; returns its balance."""
-        _check_text("provider_username", provider_username)
-        _check_int("balance", balance, minimum=0)
+        check_text("provider_username", provider_username)
+        check_int("balance", balance, minimum=0)
         with self._lock:
             provider = self._provider(slug)
             if provider_username in provider.wallets:
@@ -231,7 +176,7 @@ class Ledger:
 
     def top_up(self, slug: str, provider_username: str, amount_tokens: int) -> int:
         """Credit a wallet; returns the new balance."""
-        _check_int("amount_tokens", amount_tokens, minimum=1)
+        check_int("amount_tokens", amount_tokens, minimum=1)
         with self._lock:
             wallet = self._wallet(slug, provider_username)
             wallet.balance += amount_tokens
@@ -256,8 +201,8 @@ class Ledger:
         ttl: float = 3600.0,
     ) -> SessionInfo:
         """Open a session: ``pending`` for ``activate_after`` s, then ``active`` for ``ttl`` s."""
-        _check_seconds("activate_after", activate_after, allow_zero=True)
-        _check_seconds("ttl", ttl, allow_zero=False)
+        check_seconds("activate_after", activate_after, allow_zero=True)
+        check_seconds("ttl", ttl, allow_zero=False)
         with self._lock:
             wallet = self._wallet(slug, provider_username)
             now = self._clock()
@@ -272,7 +217,7 @@ class Ledger:
             )
             wallet.sessions.append(session)
             self._sessions_by_id[session.session_id] = session
-            self._sessions_by_token[_secret_digest(session.token)] = session
+            self._sessions_by_token[secret_digest(session.token)] = session
             return self._info(session, now)
 
     def expire_session(self, session_id: str) -> SessionInfo:
@@ -290,7 +235,7 @@ class Ledger:
         with self._lock:
             provider = self._providers.get(slug)
         expected = provider.api_key if provider is not None else _NO_KEY
-        matches = secrets.compare_digest(expected, _utf8(api_key))
+        matches = secrets.compare_digest(expected, utf8(api_key))
         return matches and provider is not None
 
     def session_status(self, slug: str, provider_username: str) -> SessionInfo | None:
@@ -322,21 +267,21 @@ class Ledger:
         ``request_body`` is the JSON object the client sent; it (with the token)
         is what an idempotency key is bound to. It defaults to the two fields.
         """
-        _check_int("amount_tokens", amount_tokens, minimum=1)
-        _check_text("model", model)
+        check_int("amount_tokens", amount_tokens, minimum=1)
+        check_text("model", model)
         if request_body is None:
             request_body = {"amount_tokens": amount_tokens, "model": model}
-        fingerprint = _fingerprint(session_token, request_body)
+        bound = fingerprint(session_token, request_body)
         with self._lock:
             if idempotency_key is not None:
                 record = self._idempotency.get((slug, idempotency_key))
                 if record is not None:
-                    if secrets.compare_digest(record.fingerprint, fingerprint):
+                    if secrets.compare_digest(record.fingerprint, bound):
                         return replace(record.reply, replayed=True)
                     return _error(409, IDEMPOTENCY_CONFLICT)
             reply = self._decide(slug, session_token, amount_tokens, model, idempotency_key)
-            if idempotency_key is not None and reply.status in _RECORDED_STATUSES:
-                self._idempotency[(slug, idempotency_key)] = _IdempotencyRecord(fingerprint, reply)
+            if idempotency_key is not None and reply.status in RECORDED_STATUSES:
+                self._idempotency[(slug, idempotency_key)] = IdempotencyRecord(bound, reply)
             return reply
 
     # -- internals (lock held) ------------------------------------------------
@@ -347,11 +292,11 @@ class Ledger:
         provider = self._providers.get(slug)
         if provider is None:
             return _error(401, "Invalid API key")
-        session = self._sessions_by_token.get(_secret_digest(token))
+        session = self._sessions_by_token.get(secret_digest(token))
         if (
             session is None
             or session.slug != slug
-            or not secrets.compare_digest(_utf8(session.token), _utf8(token))
+            or not secrets.compare_digest(utf8(session.token), utf8(token))
         ):
             return _error(403, "Invalid session token")
         now = self._clock()
@@ -438,27 +383,3 @@ class Ledger:
 
 def _error(status: int, message: str) -> Reply:
     return Reply(status, MappingProxyType({"error": message}))
-
-
-def _fingerprint(session_token: str, body: Mapping[str, Any]) -> bytes:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    material = _utf8(session_token) + b"\x00" + canonical.encode()
-    return hashlib.sha256(material).digest()
-
-
-def _check_text(name: str, value: object) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name} must be a non-empty string")
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}")
-
-
-def _check_seconds(name: str, value: object, *, allow_zero: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be a number of seconds")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number of seconds {bound}")

@@ -21,6 +21,7 @@ import socket
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
@@ -97,22 +98,10 @@ def _serve(
 ) -> Generator[RunningSandbox, None, None]:
     ledger = ledger if ledger is not None else Ledger(demo=True)
     sock = bind_socket(host, port, allow_remote=allow_remote)
-    started = threading.Event()
-    server = UvicornServer(_config(ledger), started.set)
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="knai-sandbox-server", daemon=True
-    )
-    with sock:
-        thread.start()
-        try:
-            while not started.wait(0.01):
-                if not thread.is_alive():
-                    raise RuntimeError("the sandbox server failed to start")
-            with SandboxAdmin(url_of(sock)) as admin:
-                yield RunningSandbox(url=url_of(sock), admin=admin, ledger=ledger)
-        finally:
-            server.should_exit = True
-            thread.join(START_TIMEOUT + SHUTDOWN_GRACE)
+    app = create_app(ledger)
+    served = serve_in_thread(app, sock, name="sandbox", label="sandbox ")
+    with served as url, SandboxAdmin(url) as admin:
+        yield RunningSandbox(url=url, admin=admin, ledger=ledger)
 
 
 def run_forever(
@@ -133,15 +122,17 @@ def run_forever(
     ledger = ledger if ledger is not None else Ledger(demo=True)
     with bind_socket(host, port, allow_remote=allow_remote) as sock:
         url = url_of(sock)
-        server = UvicornServer(_config(ledger), lambda: on_ready(url) if on_ready else None)
+        config = loopback_config(create_app(ledger))
+        server = UvicornServer(config, lambda: on_ready(url) if on_ready else None)
         server.run(sockets=[sock])
 
 
-def _config(ledger: Ledger) -> uvicorn.Config:
+def loopback_config(app: Any) -> uvicorn.Config:
+    """The uvicorn settings of every server here: h11, no lifespan, no logging setup."""
     if drop_filter not in logging.getLogger("uvicorn.error").filters:
         logging.getLogger("uvicorn.error").addFilter(drop_filter)
     return uvicorn.Config(
-        create_app(ledger),
+        app,
         http="h11",
         loop="asyncio",
         lifespan="off",
@@ -149,6 +140,36 @@ def _config(ledger: Ledger) -> uvicorn.Config:
         access_log=False,
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
     )
+
+
+@contextlib.contextmanager
+def serve_in_thread(
+    app: Any, sock: socket.socket, *, name: str, label: str = ""
+) -> Generator[str, None, None]:
+    """Serve ``app`` on the bound ``sock`` in a daemon thread for a ``with`` block.
+
+    The sandbox, the fake LLM and ``serve_asgi`` all serve this one way. Yields
+    the base URL once the server accepts connections; on exit the server stops
+    and its thread is joined.
+
+    Raises:
+        RuntimeError: The server failed to start.
+    """
+    started = threading.Event()
+    server = UvicornServer(loopback_config(app), started.set)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name=f"knai-{name}-server", daemon=True
+    )
+    with sock:
+        thread.start()
+        try:
+            while not started.wait(0.01):
+                if not thread.is_alive():
+                    raise RuntimeError(f"the {label}server failed to start")
+            yield url_of(sock)
+        finally:
+            server.should_exit = True
+            thread.join(START_TIMEOUT + SHUTDOWN_GRACE)
 
 
 def bind_socket(host: str, port: int, *, allow_remote: bool = False) -> socket.socket:
