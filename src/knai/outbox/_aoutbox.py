@@ -34,8 +34,12 @@ class AsyncOutbox(OutboxBase["AsyncKNAIProvider"]):
 
     Example::
 
-        async with AsyncOutbox(provider, "charges.db") as outbox:
-            entry = await outbox.charge(token, 1500, "gpt-4", idempotency_key=request_id)
+        from knai import AsyncKNAIProvider
+        from knai.outbox import AsyncOutbox
+
+        async with AsyncKNAIProvider("sk_...", "acme") as aprovider:
+            async with AsyncOutbox(aprovider, "charges.db") as outbox:
+                entry = await outbox.charge(token, 1500, "gpt-4", idempotency_key=request_id)
     """
 
     def __init__(

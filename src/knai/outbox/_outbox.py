@@ -30,6 +30,8 @@ class Outbox(OutboxBase["KNAIProvider"]):
 
     Example::
 
+        from knai.outbox import Outbox
+
         with Outbox(provider, "charges.db") as outbox:
             entry = outbox.charge(token, 1500, "gpt-4", idempotency_key=request_id)
 
