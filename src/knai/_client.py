@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
@@ -97,17 +96,22 @@ class KNAIProvider(BaseProvider[httpx.Client]):
     _wrong_http = "http_client must be an httpx.Client (use AsyncKNAIProvider for async)"
 
     def _connect(self, http_client: httpx.Client | None, connections: int) -> None:
-        http = http_client or httpx.Client(
-            timeout=self.timeout,
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-        )
-        self._driver = SyncDriver(http, self.base_url, self._headers)
-        if self._owns_http:
-            # A client never closed (0.1.0's README example) closes its pool when
-            # collected, so no socket outlives it with a ResourceWarning. Tied to
-            # the driver, which the copies from with_options share.
-            weakref.finalize(self._driver, http.close)
+        timeout = self.timeout
+
+        def pool() -> httpx.Client:
+            return httpx.Client(
+                timeout=timeout,
+                follow_redirects=False,
+                limits=httpx.Limits(
+                    max_connections=connections, max_keepalive_connections=connections
+                ),
+            )
+
+        if http_client is not None:
+            self._driver = SyncDriver(http_client, self.base_url, self._headers)
+        else:
+            # Ours: closed when collected, and made anew in a forked child.
+            self._driver = SyncDriver(pool(), self.base_url, self._headers, remake=pool)
 
     def get_session(
         self,

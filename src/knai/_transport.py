@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import sys
-from collections.abc import Generator
+import threading
+import weakref
+from collections.abc import Callable, Generator
 from typing import TypeVar
 
 import httpx
@@ -60,11 +63,52 @@ class _Driver:
 
 
 class SyncDriver(_Driver):
-    """Runs core steps over one pooled `httpx.Client`."""
+    """Runs core steps over one pooled `httpx.Client`.
 
-    def __init__(self, http: httpx.Client, base_url: str, headers: dict[str, str]) -> None:
+    With `remake` (the SDK's own pool), the driver owns its client: it is
+    closed when the driver is collected, and a forked child (gunicorn's
+    ``--preload``) gets a fresh one on its first request. The parent's pool
+    is left alone in the child, never used nor closed there: its sockets are
+    the parent's, and a lock a parent thread held at the fork stays held.
+    """
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        base_url: str,
+        headers: dict[str, str],
+        remake: Callable[[], httpx.Client] | None = None,
+    ) -> None:
         super().__init__(http, base_url, headers)
         self.http = http
+        self._remake = remake
+        self._forked = False
+        self._fork_lock = threading.Lock()
+        self._finalizer: weakref.finalize[[], SyncDriver] | None = None
+        if remake is not None:
+            self._own(http)
+            _drivers.add(self)
+
+    def _own(self, http: httpx.Client) -> None:
+        # A client never closed (0.1.0's README example) closes its pool when
+        # collected, so no socket outlives it with a ResourceWarning. Tied to
+        # the driver, which the copies from with_options share.
+        self._finalizer = weakref.finalize(self, http.close)
+
+    def _after_fork(self) -> None:
+        # In the child, right after fork: no I/O, and a fresh lock (the old one
+        # may have been held by a thread that does not exist here).
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._fork_lock = threading.Lock()
+        self._forked = True
+
+    def _renew(self) -> None:
+        with self._fork_lock:
+            if self._forked and self._remake is not None:
+                self.http = self._remake()
+                self._own(self.http)
+                self._forked = False
 
     def run(self, steps: Generator[Step, Reply, _T]) -> _T:
         """Do what `steps` say until they return; their result, or their error."""
@@ -79,6 +123,8 @@ class SyncDriver(_Driver):
         return None
 
     def _exchange(self, step: Send) -> Reply:
+        if self._forked:
+            self._renew()
         if self.http.is_closed:
             raise RuntimeError(_CLOSED)  # nothing sent: the caller's mistake, said plainly
         request, body = self._prepare(step)
@@ -97,6 +143,18 @@ class SyncDriver(_Driver):
         except BaseException as exc:
             raise _from_here(exc) from exc.__cause__
         return response, body
+
+
+_drivers: weakref.WeakSet[SyncDriver] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for driver in list(_drivers):
+        driver._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class AsyncDriver(_Driver):

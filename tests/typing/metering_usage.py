@@ -28,6 +28,7 @@ from knai.metering import (
     Usage,
     usage_of,
 )
+from knai.outbox import AsyncOutbox, Outbox, OutboxEntry
 
 if sys.version_info >= (3, 11):
     from typing import assert_type
@@ -112,7 +113,26 @@ def the_types(
     assert_type(metered.exact, bool)
     assert_type(metered.wrap([1, 2]), Iterator[int])
     assert_type(AsyncMeter(aprovider).stream("tok", model="m", key="k"), AsyncMeteredStream)
-    Meter(aprovider)  # type: ignore[arg-type]
-    AsyncMeter(provider)  # type: ignore[arg-type]
+    Meter(aprovider)  # type: ignore[call-overload]
+    AsyncMeter(provider)  # type: ignore[call-overload]
     Price(1)  # type: ignore[call-arg]
     meter.stream("tok", model="m")  # type: ignore[call-arg]
+
+
+async def through_an_outbox(
+    provider: KNAIProvider,
+    aprovider: AsyncKNAIProvider,
+    outbox: Outbox,
+    aoutbox: AsyncOutbox,
+    message: anthropic.types.Message,
+) -> None:
+    """A meter over an outbox returns the stored entry; a bare annotation means inline."""
+    meter = Meter(provider, outbox=outbox)
+    assert_type(meter, Meter[OutboxEntry])
+    assert_type(meter.charge("tok", message), OutboxEntry | None)
+    ameter = AsyncMeter(aprovider, outbox=aoutbox)
+    assert_type(await ameter.charge("tok", message), OutboxEntry | None)
+    inline: Meter = Meter(provider)
+    assert_type(inline.charge("tok", message), ChargeResult | None)
+    Meter(provider, outbox=aoutbox)  # type: ignore[call-overload]
+    AsyncMeter(aprovider, outbox=outbox)  # type: ignore[call-overload]

@@ -6,7 +6,7 @@ import inspect
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, Generic, cast, overload
 
 from fastapi import Depends, Request
 
@@ -14,7 +14,12 @@ from knai import KNAIError
 from knai.metering import AsyncMeter, PriceTable
 from knai.sessions import AsyncSessionCache, NoActiveSessionError
 
-from ._wallet import PaymentRefused, Wallet, hint_for, log, refusal
+from ._wallet import PaymentRefused, R, Wallet, hint_for, log, refusal
+
+if TYPE_CHECKING:
+    from knai import ChargeResult
+    from knai.metering._deferred import AsyncChargeOutbox
+    from knai.outbox import OutboxEntry
 
 __all__ = ["Paywall"]
 
@@ -24,7 +29,7 @@ __all__ = ["Paywall"]
 _REQUEST_ID = re.compile(r"[\x21-\x39\x3b-\x7e]{1,100}")
 
 
-class Paywall:
+class Paywall(Generic[R]):
     """A FastAPI dependency (``Depends(paywall)``) that gives a handler the caller's `Wallet`.
 
     Args:
@@ -42,10 +47,37 @@ class Paywall:
             charged once. The key is scoped by user either way.
         wait: Seconds to wait for a pending session before answering 402
             (default: the cache's).
+        outbox: A `knai.outbox.AsyncOutbox` the wallets charge through instead
+            of inline (same keys); see `Wallet`. The session is still checked
+            before the handler runs.
 
     Raises:
         TypeError: `sessions` is not an `AsyncSessionCache`, or `username` not callable.
     """
+
+    @overload
+    def __init__(
+        self: Paywall[ChargeResult],
+        sessions: AsyncSessionCache,
+        username: Callable[..., str] | Callable[..., Awaitable[str]],
+        *,
+        prices: PriceTable | None = None,
+        request_id_header: str | None = None,
+        wait: float | None = None,
+        outbox: None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Paywall[OutboxEntry],
+        sessions: AsyncSessionCache,
+        username: Callable[..., str] | Callable[..., Awaitable[str]],
+        *,
+        prices: PriceTable | None = None,
+        request_id_header: str | None = None,
+        wait: float | None = None,
+        outbox: AsyncChargeOutbox,
+    ) -> None: ...
 
     def __init__(
         self,
@@ -55,6 +87,7 @@ class Paywall:
         prices: PriceTable | None = None,
         request_id_header: str | None = None,
         wait: float | None = None,
+        outbox: AsyncChargeOutbox | None = None,
     ) -> None:
         # Callers without a type checker pass anything.
         if not isinstance(cast(object, sessions), AsyncSessionCache):
@@ -62,7 +95,12 @@ class Paywall:
         if not callable(username):
             raise TypeError("username must be a callable (a FastAPI dependency)")
         self.sessions: AsyncSessionCache = sessions
-        self.meter: AsyncMeter = AsyncMeter(sessions.provider, prices)
+        meter = (
+            AsyncMeter(sessions.provider, prices)
+            if outbox is None
+            else AsyncMeter(sessions.provider, prices, outbox=outbox)
+        )
+        self.meter: AsyncMeter[R] = cast("AsyncMeter[R]", meter)
         self.request_id_header: str | None = request_id_header
         self.wait: float | None = wait
         # FastAPI reads a dependency's parameters from its signature: this one
@@ -86,7 +124,7 @@ class Paywall:
             return f"{uuid.uuid5(uuid.NAMESPACE_URL, provider_username).hex[:12]}-{given}"
         return uuid.uuid4().hex
 
-    async def __call__(self, *, request: Request, provider_username: Any) -> Wallet:
+    async def __call__(self, *, request: Request, provider_username: Any) -> Wallet[R]:
         """The caller's `Wallet`; FastAPI calls this for ``Depends(paywall)``.
 
         Raises:

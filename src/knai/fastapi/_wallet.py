@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, cast
 
 from fastapi import HTTPException
+from typing_extensions import TypeVar
 
 from knai import InsufficientBalanceError, KNAIError, SessionExpiredError
 from knai.metering import AsyncMeter
@@ -17,6 +18,10 @@ from knai.sessions import AsyncSessionCache
 
 if TYPE_CHECKING:
     from knai import ChargeResult
+
+# What `Wallet.charge` returns: the wallet's `ChargeResult` inline, or the
+# stored `knai.outbox.OutboxEntry` when the paywall charges through an outbox.
+R = TypeVar("R", default="ChargeResult")
 
 __all__ = ["PaymentRefused", "Wallet", "hint_for", "refusal", "sse_event"]
 
@@ -110,12 +115,17 @@ def _error_event(reason: str, message: str, status: int, charged: int) -> bytes:
     return b"event: error\ndata: " + json.dumps(body).encode() + b"\n\n"
 
 
-class Wallet:
+class Wallet(Generic[R]):
     """The caller's wallet for one request, from the `Paywall` dependency.
 
     Every charge carries an idempotency key made from `request_id` and its
     rank in the request (``f"{request_id}:{n}"``; a stream's increments add
     their own suffix), so a charge retried by the client is applied once.
+
+    Through an outbox (``Paywall(..., outbox=...)``, a ``Wallet[OutboxEntry]``)
+    each charge is stored under that same key and delivered later: `charge`
+    returns the `OutboxEntry`, `charged` counts what was stored, and the
+    wallet's refusal lands in the outbox's dead list instead of the answer.
 
     Attributes:
         provider_username: The caller, as the app's function resolved them.
@@ -136,7 +146,7 @@ class Wallet:
     def __init__(
         self,
         cache: AsyncSessionCache,
-        meter: AsyncMeter,
+        meter: AsyncMeter[R],
         provider_username: str,
         session_token: str,
         request_id: str,
@@ -165,14 +175,26 @@ class Wallet:
             self._cache.invalidate(self.provider_username)
         return refusal(exc, self.provider_username, self._cache.provider.provider_slug)
 
-    async def charge(self, amount_tokens: int, model: str) -> ChargeResult:
+    async def charge(self, amount_tokens: int, model: str) -> R:
         """Charge `amount_tokens` for `model`.
+
+        Returns:
+            The `ChargeResult`; through an outbox, the stored `OutboxEntry`.
 
         Raises:
             PaymentRefused: The wallet refused (402/403) or could not be asked
-                (503); raise it on (or let it pass) to answer with it.
+                (503); raise it on (or let it pass) to answer with it. Never
+                through an outbox (the wallet answers later).
             ValueError, TypeError: A bad argument, before anything is sent.
+            sqlite3.Error, psycopg.Error: Through an outbox, as `Outbox.charge`.
         """
+        outbox = self._meter.outbox
+        if outbox is not None:
+            entry = await outbox.charge(
+                self._token, amount_tokens, model, idempotency_key=self._key()
+            )
+            self.charged += amount_tokens
+            return cast("R", entry)
         try:
             result = await self._cache.provider.charge(
                 self._token, amount_tokens, model, idempotency_key=self._key()
@@ -180,9 +202,9 @@ class Wallet:
         except KNAIError as exc:
             raise self._refused(exc) from None
         self.charged += amount_tokens
-        return result
+        return cast("R", result)
 
-    async def charge_usage(self, response: Any, *, model: str | None = None) -> ChargeResult | None:
+    async def charge_usage(self, response: Any, *, model: str | None = None) -> R | None:
         """Charge the usage an LLM response reports, priced by the paywall's table.
 
         Args:
@@ -191,7 +213,8 @@ class Wallet:
             model: The model to price (default: the response's).
 
         Returns:
-            The charge, or None when the usage costs nothing (nothing is sent).
+            The charge (as `charge` returns it), or None when the usage costs
+            nothing (nothing is sent).
 
         Raises:
             PaymentRefused: As `charge`.

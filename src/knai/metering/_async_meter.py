@@ -6,16 +6,18 @@ import asyncio
 import inspect
 from collections.abc import AsyncIterable, AsyncIterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from knai import AsyncKNAIProvider, KNAIError
 
+from ._deferred import AsyncChargeOutbox, R, check_outbox
 from ._meter import price_response
 from ._prices import PriceTable
 from ._stream import DEFAULT_STEP, MeteredBase, check_stream_args
 
 if TYPE_CHECKING:
     from knai import ChargeResult
+    from knai.outbox import OutboxEntry
 
     from ._prices import Price
 
@@ -28,23 +30,52 @@ T = TypeVar("T")
 _settling: set[asyncio.Task[None]] = set()
 
 
-class AsyncMeter:
+class AsyncMeter(Generic[R]):
     """Charges LLM usage to wallet sessions through an `AsyncKNAIProvider` (asyncio).
 
     Args:
         provider: The client to charge through (not closed by the meter).
         prices: The price table (default: every model at 1 wallet token per
             model token).
+        outbox: A `knai.outbox.AsyncOutbox` to charge through instead of
+            inline; see `Meter`.
     """
 
-    def __init__(self, provider: AsyncKNAIProvider, prices: PriceTable | None = None) -> None:
+    @overload
+    def __init__(
+        self: AsyncMeter[ChargeResult],
+        provider: AsyncKNAIProvider,
+        prices: PriceTable | None = None,
+        *,
+        outbox: None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: AsyncMeter[OutboxEntry],
+        provider: AsyncKNAIProvider,
+        prices: PriceTable | None = None,
+        *,
+        outbox: AsyncChargeOutbox,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        provider: AsyncKNAIProvider,
+        prices: PriceTable | None = None,
+        *,
+        outbox: AsyncChargeOutbox | None = None,
+    ) -> None:
         # Untyped callers pass anything: the annotations are checked at run time.
         if not isinstance(cast(object, provider), AsyncKNAIProvider):
             raise TypeError("provider must be an AsyncKNAIProvider (use Meter for sync)")
         if prices is not None and not isinstance(cast(object, prices), PriceTable):
             raise TypeError("prices must be a PriceTable")
+        if outbox is not None:
+            check_outbox(outbox, is_async=True)
         self.provider: AsyncKNAIProvider = provider
         self.prices: PriceTable = prices if prices is not None else PriceTable()
+        self.outbox: AsyncChargeOutbox | None = outbox
 
     async def charge(
         self,
@@ -53,14 +84,20 @@ class AsyncMeter:
         *,
         model: str | None = None,
         idempotency_key: str | None = None,
-    ) -> ChargeResult | None:
+    ) -> R | None:
         """Charge the usage `response` reports; see `Meter.charge`."""
         model, amount = price_response(self.prices, response, model)
         if amount == 0:
             return None
-        return await self.provider.charge(
+        if self.outbox is not None:
+            stored = await self.outbox.charge(
+                session_token, amount, model, idempotency_key=idempotency_key
+            )
+            return cast("R", stored)
+        charged = await self.provider.charge(
             session_token, amount, model, idempotency_key=idempotency_key
         )
+        return cast("R", charged)
 
     def stream(
         self, session_token: str, *, model: str, key: str, step: int = DEFAULT_STEP
@@ -68,7 +105,7 @@ class AsyncMeter:
         """A metered stream: `async with meter.stream(...) as metered:`; see `Meter.stream`."""
         check_stream_args(session_token, model, key, step)
         return AsyncMeteredStream(
-            self.provider, session_token, model, key, step, self.prices.price(model)
+            self.provider, session_token, model, key, step, self.prices.price(model), self.outbox
         )
 
 
@@ -88,6 +125,9 @@ class AsyncMeteredStream(MeteredBase):
     chunk. Leaving the `async with` block waits for those tasks, then settles
     as `MeteredStream` does. A cancelled block still settles: the settlement
     runs shielded and finishes in the background.
+
+    Through an outbox (`AsyncMeter(..., outbox=...)`) each charge is stored
+    under the same key instead; see `MeteredStream`.
     """
 
     def __init__(
@@ -98,9 +138,11 @@ class AsyncMeteredStream(MeteredBase):
         key: str,
         step: int,
         price: Price,
+        outbox: AsyncChargeOutbox | None = None,
     ) -> None:
         super().__init__(session_token, model, key, step, price)
         self._provider = provider
+        self._outbox = outbox
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> AsyncMeteredStream:
@@ -149,6 +191,10 @@ class AsyncMeteredStream(MeteredBase):
             await self._send(key, amount)
 
     async def _send(self, key: str, amount: int) -> None:
+        if self._outbox is not None:
+            await self._outbox.charge(self._token, amount, self.model, idempotency_key=key)
+            self._succeeded(amount)
+            return
         try:
             await self._provider.charge(self._token, amount, self.model, idempotency_key=key)
         except KNAIError as exc:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from knai import KNAIError, KNAIProvider
 
+from ._deferred import ChargeOutbox, R, check_outbox
 from ._prices import PriceTable
 from ._readers import model_of, usage_of
 from ._stream import DEFAULT_STEP, MeteredBase, check_stream_args
 
 if TYPE_CHECKING:
     from knai import ChargeResult
+    from knai.outbox import OutboxEntry
 
     from ._prices import Price
 
@@ -32,27 +34,58 @@ def price_response(prices: PriceTable, response: Any, model: str | None) -> tupl
     return model, prices.amount(model, usage)
 
 
-class Meter:
+class Meter(Generic[R]):
     """Charges LLM usage to wallet sessions through a `KNAIProvider`.
 
     Args:
         provider: The client to charge through (not closed by the meter).
         prices: The price table (default: every model at 1 wallet token per
             model token).
+        outbox: A `knai.outbox.Outbox` to charge through instead of inline:
+            `charge` and streams store their charges in it (same keys) and
+            return once stored; its sender delivers them. A refusal then
+            lands in the outbox's dead list, so a stream cannot stop on it.
 
     Example:
         >>> meter = Meter(provider, PriceTable.from_file("prices.toml"))  # doctest: +SKIP
         >>> meter.charge(token, completion)                                # doctest: +SKIP
     """
 
-    def __init__(self, provider: KNAIProvider, prices: PriceTable | None = None) -> None:
+    @overload
+    def __init__(
+        self: Meter[ChargeResult],
+        provider: KNAIProvider,
+        prices: PriceTable | None = None,
+        *,
+        outbox: None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Meter[OutboxEntry],
+        provider: KNAIProvider,
+        prices: PriceTable | None = None,
+        *,
+        outbox: ChargeOutbox,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        provider: KNAIProvider,
+        prices: PriceTable | None = None,
+        *,
+        outbox: ChargeOutbox | None = None,
+    ) -> None:
         # Untyped callers pass anything: the annotations are checked at run time.
         if not isinstance(cast(object, provider), KNAIProvider):
             raise TypeError("provider must be a KNAIProvider (use AsyncMeter for async)")
         if prices is not None and not isinstance(cast(object, prices), PriceTable):
             raise TypeError("prices must be a PriceTable")
+        if outbox is not None:
+            check_outbox(outbox, is_async=False)
         self.provider: KNAIProvider = provider
         self.prices: PriceTable = prices if prices is not None else PriceTable()
+        self.outbox: ChargeOutbox | None = outbox
 
     def charge(
         self,
@@ -61,7 +94,7 @@ class Meter:
         *,
         model: str | None = None,
         idempotency_key: str | None = None,
-    ) -> ChargeResult | None:
+    ) -> R | None:
         """Charge the usage `response` reports.
 
         Args:
@@ -72,17 +105,27 @@ class Meter:
                 id so a replay after a crash charges nothing twice.
 
         Returns:
-            The `ChargeResult`, or None when the amount is 0 (nothing is sent).
+            The `ChargeResult`; with an outbox, the stored `OutboxEntry`
+            (not yet sent). None when the amount is 0 (nothing is sent).
 
         Raises:
             ValueError: The response carries no usage or names no model, or the
                 table has no price for it; nothing was sent.
-            KNAIError: As `KNAIProvider.charge` raises.
+            KNAIError: As `KNAIProvider.charge` raises (inline only).
+            sqlite3.Error, psycopg.Error: With an outbox, as `Outbox.charge`.
         """
         model, amount = price_response(self.prices, response, model)
         if amount == 0:
             return None
-        return self.provider.charge(session_token, amount, model, idempotency_key=idempotency_key)
+        if self.outbox is not None:
+            stored = self.outbox.charge(
+                session_token, amount, model, idempotency_key=idempotency_key
+            )
+            return cast("R", stored)
+        return cast(
+            "R",
+            self.provider.charge(session_token, amount, model, idempotency_key=idempotency_key),
+        )
 
     def stream(
         self, session_token: str, *, model: str, key: str, step: int = DEFAULT_STEP
@@ -103,7 +146,7 @@ class Meter:
         """
         check_stream_args(session_token, model, key, step)
         return MeteredStream(
-            self.provider, session_token, model, key, step, self.prices.price(model)
+            self.provider, session_token, model, key, step, self.prices.price(model), self.outbox
         )
 
 
@@ -122,6 +165,11 @@ class MeteredStream(MeteredBase):
     from the reported usage (or the lower bound, with one warning logged).
     Wallet errors never escape the block: a refusal sets `stopped`, an
     unknown outcome stays in `unsettled` (call `settle()` again to retry).
+
+    Through an outbox (`Meter(..., outbox=...)`) each charge is stored under
+    the same key instead, and `charged` counts what was stored: the wallet
+    answers later, so `stopped` stays None. A store error propagates; the
+    same chunks under the same key store the same charges again, once.
     """
 
     def __init__(
@@ -132,9 +180,11 @@ class MeteredStream(MeteredBase):
         key: str,
         step: int,
         price: Price,
+        outbox: ChargeOutbox | None = None,
     ) -> None:
         super().__init__(session_token, model, key, step, price)
         self._provider = provider
+        self._outbox = outbox
 
     def __enter__(self) -> MeteredStream:
         return self
@@ -169,6 +219,10 @@ class MeteredStream(MeteredBase):
             self._send(key, amount)
 
     def _send(self, key: str, amount: int) -> None:
+        if self._outbox is not None:
+            self._outbox.charge(self._token, amount, self.model, idempotency_key=key)
+            self._succeeded(amount)
+            return
         try:
             self._provider.charge(self._token, amount, self.model, idempotency_key=key)
         except KNAIError as exc:
