@@ -95,7 +95,7 @@ class SyncDriver(_Driver):
         # the driver, which the copies from with_options share.
         self._finalizer = weakref.finalize(self, http.close)
 
-    def _after_fork(self) -> None:
+    def after_fork(self) -> None:
         # In the child, right after fork: no I/O, and a fresh lock (the old one
         # may have been held by a thread that does not exist here).
         if self._finalizer is not None:
@@ -150,7 +150,7 @@ _drivers: weakref.WeakSet[SyncDriver] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     for driver in list(_drivers):
-        driver._after_fork()
+        driver.after_fork()
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
