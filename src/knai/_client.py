@@ -8,6 +8,7 @@ it to its driver, and returns the validated model. The twins differ only in
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -49,8 +50,10 @@ def _twin_of(
     def twinned(method: Callable[..., Awaitable[Any]]) -> Any:
         functools.update_wrapper(method, twin)
         if extra:
-            summary, sep, rest = (twin.__doc__ or "").partition("\n\n        Args:")
-            method.__doc__ = summary + extra + sep + rest
+            # Cleaned first: Python 3.13 strips docstrings' indentation at compile time.
+            doc = inspect.cleandoc(twin.__doc__ or "")
+            summary, sep, rest = doc.partition("\n\nArgs:")
+            method.__doc__ = summary + "\n" + inspect.cleandoc(extra) + sep + rest
         return method
 
     return twinned

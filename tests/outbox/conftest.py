@@ -3,6 +3,7 @@ server the suite starts itself), both outboxes behind one awaitable surface, a s
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -69,7 +70,7 @@ class Backend:
         table = "knai_outbox" if self.kind == "sqlite" else self.table
         sql = f"SELECT {column} FROM {table}"  # noqa: S608
         if self.kind == "sqlite":
-            with sqlite3.connect(self.path) as db:
+            with contextlib.closing(sqlite3.connect(self.path)) as db:
                 row = db.execute(sql + " WHERE key = ?", (key,)).fetchone()
         else:
             import psycopg

@@ -18,6 +18,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -100,6 +101,7 @@ class SQLiteStore:
         self.busy_timeout = busy_timeout
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._closer: weakref.finalize[[], SQLiteStore] | None = None
         self._owner = ""
         self._pid = 0
         self._new_owner()
@@ -137,6 +139,9 @@ class SQLiteStore:
         conn.create_function("knai_alive", 1, _pid_alive)
         conn.executescript(_SCHEMA)
         self._conn = conn
+        # A store dropped without close() closes its connection quietly, as
+        # sqlite3 would, instead of a ResourceWarning (Python 3.13) at collection.
+        self._closer = weakref.finalize(self, conn.close)
         return conn
 
     # -- writing ----------------------------------------------------------------
@@ -293,6 +298,8 @@ class SQLiteStore:
         """In a forked child: leave the parent's connection alone; reconnect on use."""
         if self._conn is not None:
             _ABANDONED.append(self._conn)
+        if self._closer is not None:
+            self._closer.detach()  # the parent's connection is not the child's to close
         self._conn = None
         self._lock = threading.Lock()
         self._new_owner()
@@ -302,6 +309,8 @@ class SQLiteStore:
         with self._lock:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
+            if self._closer is not None:
+                self._closer.detach()
             self._conn = None
 
 
