@@ -5,9 +5,8 @@ Prices: 1 wallet token per prompt token, 10 per completion token, so the
 ledger says exactly which usage was charged.
 """
 
-import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -18,40 +17,14 @@ from examples.paid_chat.app import app_from_env, build_app
 from knai import AsyncKNAIProvider
 from knai.metering import Price, PriceTable
 from knai.testing import DEMO_API_KEY, DEMO_PROVIDER_SLUG, FakeLLM, RunningSandbox
+from knai.testing._demo_story import PacedTransport
 from knai.testing._serve_asgi import serve_asgi
 from knai.testing.pytest_plugin import quick_retries
 
 PROMPT = [{"role": "user", "content": "tell me a story"}]  # 4 prompt tokens at the fake
+# The fake sends a whole answer at once on loopback; a real LLM streams over
+# seconds: the demo's pacing transport hands it on one event per millisecond.
 PRICES = PriceTable(default=Price(1, 10))
-
-
-class PacedStream(httpx.AsyncByteStream):
-    """An upstream body handed on one SSE event per millisecond, as a real LLM
-    streams over seconds (the fake, on loopback, sends a whole answer at once)."""
-
-    def __init__(self, inner: httpx.AsyncByteStream) -> None:
-        self.inner = inner
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        pending = b""
-        async for data in self.inner:
-            *events, pending = (pending + data).split(b"\n\n")
-            for event in events:
-                await asyncio.sleep(0.001)
-                yield event + b"\n\n"
-        if pending:
-            yield pending
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class PacedTransport(httpx.AsyncHTTPTransport):
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await super().handle_async_request(request)
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        response.stream = PacedStream(response.stream)
-        return response
 
 
 @dataclass

@@ -72,7 +72,9 @@ class _Paced(httpx.AsyncByteStream):
         await self.inner.aclose()
 
 
-class _PacedTransport(httpx.AsyncHTTPTransport):
+class PacedTransport(httpx.AsyncHTTPTransport):
+    """Hands each streamed upstream body on one SSE event per millisecond (demo and tests)."""
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await super().handle_async_request(request)
         if isinstance(response.stream, httpx.AsyncByteStream):
@@ -129,7 +131,7 @@ def tell(url: str, admin: SandboxAdmin, build_app: Callable[..., Any]) -> int:
     quick = RetryPolicy(initial_backoff=0.05, max_backoff=0.2)
     wallet = AsyncKNAIProvider(DEMO_API_KEY, DEMO_PROVIDER_SLUG, base_url=url, retry=quick)
     with fake.serve() as llm:
-        upstream = httpx.AsyncClient(base_url=llm.base_url, transport=_PacedTransport())
+        upstream = httpx.AsyncClient(base_url=llm.base_url, transport=PacedTransport())
         with serve_asgi(build_app({key: user}, wallet, upstream, _PRICES)) as service:
             print(f"fake LLM at {llm.base_url}; paid chat service at {service}/v1")
             print(f"end user {user!r}: a wallet of {_START} tokens, an API key at the service")
