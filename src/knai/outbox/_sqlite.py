@@ -142,6 +142,9 @@ class SQLiteStore:
         # A store dropped without close() closes its connection quietly, as
         # sqlite3 would, instead of a ResourceWarning (Python 3.13) at collection.
         self._closer = weakref.finalize(self, conn.close)
+        # Not at interpreter exit: a sender thread may still be inside the
+        # connection then, and closing it under that thread crashes sqlite.
+        self._closer.atexit = False
         return conn
 
     # -- writing ----------------------------------------------------------------
